@@ -1,0 +1,1 @@
+"""CLI sub-commands, one module each; app/cli.py registers them."""

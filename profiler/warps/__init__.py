@@ -1,0 +1,1 @@
+"""overlapscope package."""
