@@ -21,6 +21,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """overlapscope: communication/computation overlap analysis for Kineto traces."""
+
+
 def _register() -> None:
     # Each module defines `register(app)`; one line per sub-command module.
     from overlapscope.app.commands import analyze
