@@ -1,0 +1,93 @@
+"""msgspec types for the parts of a Kineto / Chrome trace the analyzers read.
+
+Only the fields used downstream are declared: msgspec skips the rest while
+parsing, which is what makes decoding a large trace cheap. Every field is
+optional and loosely typed (numbers may arrive as int or float, ids as int or
+string) because traces from other tools bend the format; a file that still
+does not fit these types is decoded generically (see kineto_decode.py).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+Num = int | float
+Id = int | str
+
+
+class EventArgs(msgspec.Struct, omit_defaults=True):
+    """``args`` of an event; names with spaces are Kineto's own spelling."""
+
+    correlation: Id | None = None
+    external_id: Id | None = msgspec.field(default=None, name="External id")
+    device: Id | None = None
+    stream: Id | None = None
+    grid: list[Num] | None = None
+    block: list[Num] | None = None
+    bytes: Num | None = None
+    concrete_inputs: msgspec.Raw = msgspec.field(default=msgspec.Raw(), name="Concrete Inputs")
+    input_dims: msgspec.Raw = msgspec.field(default=msgspec.Raw(), name="Input Dims")
+    # NCCL record_param_comms
+    collective_name: str | None = msgspec.field(default=None, name="Collective name")
+    in_nelems: Num | None = msgspec.field(default=None, name="In msg nelems")
+    out_nelems: Num | None = msgspec.field(default=None, name="Out msg nelems")
+    group_size: Num | None = msgspec.field(default=None, name="Group size")
+    dtype: str | None = None
+    pg_name: Id | None = msgspec.field(default=None, name="Process Group Name")
+    # overlapscope comm_traffic
+    collective: str | None = None
+    hop: str | None = None
+    phase: str | None = None
+    dst_bytes: list[Num] | None = None
+    # overlapscope warp_role
+    role: str | None = None
+    state: str | None = None
+    channel: Num | None = None
+    warp: Num | None = None
+    sm: Num | None = None
+    chunk: Num | None = None
+    link: str | None = None
+    rank: Num | None = None
+    # counters (ph "C")
+    occupancy: Num | None = None
+    # metadata (ph "M"): process_name / thread_name
+    name: Id | None = None
+
+
+class TraceEvent(msgspec.Struct):
+    """One entry of ``traceEvents``; ``ts``/``dur`` are microseconds."""
+
+    ph: str = ""
+    cat: str = ""
+    name: str = ""
+    pid: Id = 0
+    tid: Id = 0
+    ts: Num | None = None
+    dur: Num | None = None
+    args: EventArgs | None = None
+
+
+class DistributedInfo(msgspec.Struct):
+    """``distributedInfo`` written by PyTorch for distributed jobs."""
+
+    rank: int | None = None
+    world_size: int | None = None
+    backend: str | None = None
+
+
+class DeviceProperties(msgspec.Struct):
+    """One entry of ``deviceProperties``."""
+
+    id: Id | None = None
+    name: str | None = None
+    numSms: int | None = None  # noqa: N815 - Kineto's spelling
+
+
+class KinetoTrace(msgspec.Struct):
+    """The top level of a Kineto JSON trace."""
+
+    traceEvents: list[TraceEvent] | None = None  # noqa: N815
+    distributedInfo: DistributedInfo | None = None  # noqa: N815
+    deviceProperties: list[DeviceProperties] | None = None  # noqa: N815
+    baseTimeNanoseconds: int | None = None  # noqa: N815
+    overlapscope: dict | None = None

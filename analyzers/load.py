@@ -1,0 +1,197 @@
+"""Load Kineto traces (one file or a run directory of rank files) into TraceFrames.
+
+>>> frames = load_run("sample_traces/handmade")          # doctest: +SKIP
+>>> frames.activities.select("rank", "stream", "name")    # doctest: +SKIP
+
+A run directory holds ``rank-<r>.json[.gz]`` files (any names PyTorch writes,
+e.g. ``host_1234.1700000000.pt.trace.json.gz``) and optionally overlapscope's
+``run.json`` manifest. Ranks come from ``distributedInfo.rank``, else from the
+file name, else from the sorted file order. All ranks share one time origin:
+the earliest event of the run (absolute time = ``baseTimeNanoseconds`` + ts).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from overlapscope.analyzers import frames as F
+from overlapscope.analyzers.cache import load_cached, store
+from overlapscope.analyzers.errors import TraceError
+from overlapscope.analyzers.frames import TraceFrames
+from overlapscope.analyzers.kineto_decode import FileFrames, decode_file, rank_from_name
+
+TRACE_SUFFIXES = (".json", ".json.gz")
+MANIFEST = "run.json"
+
+#: Called with (file path, index, number of files) before each file is read.
+ProgressFn = Callable[[Path, int, int], None]
+
+
+def discover_rank_files(run_dir: Path) -> list[Path]:
+    """Trace files of a run directory, in manifest order when ``run.json`` lists them."""
+    manifest = _read_manifest(run_dir)
+    listed = manifest.get("rank_files") if manifest else None
+    if isinstance(listed, list) and listed:
+        files = [run_dir / str(name) for name in listed]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise TraceError(run_dir, f"run.json lists missing trace files: {', '.join(missing)}")
+        return files
+    files = sorted(
+        p for p in run_dir.iterdir()
+        if p.is_file() and p.name != MANIFEST and p.name.endswith(TRACE_SUFFIXES)
+    )
+    if not files:
+        raise TraceError(run_dir, "directory holds no trace files (*.json or *.json.gz)")
+    return files
+
+
+def _read_manifest(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TraceError(path, f"run manifest is not valid JSON: {exc}") from None
+    return data if isinstance(data, dict) else {}
+
+
+def load_file(path: Path, *, cache: bool = True) -> FileFrames:
+    """Decode one trace file, through the parquet cache when ``cache`` is set."""
+    if cache:
+        hit = load_cached(path)
+        if hit is not None:
+            return hit
+    ff = decode_file(path)
+    if cache:
+        store(path, ff)
+    return ff
+
+
+def load_run(
+    path: str | Path,
+    *,
+    cache: bool = True,
+    gpus_per_node: int | None = None,
+    progress: ProgressFn | None = None,
+) -> TraceFrames:
+    """Load a trace file or run directory into one TraceFrames bundle.
+
+    ``gpus_per_node`` is recorded in ``meta`` for analyzers that need a topology
+    when the trace does not carry overlapscope's own. Raises TraceError naming
+    the offending file when the input cannot be analyzed.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise TraceError(path, "no such file or directory")
+    files = discover_rank_files(path) if path.is_dir() else [path]
+    manifest = _read_manifest(path) if path.is_dir() else {}
+    loaded: list[FileFrames] = []
+    for i, file in enumerate(files):
+        if progress:
+            progress(file, i, len(files))
+        loaded.append(load_file(file, cache=cache))
+    ranks = _assign_ranks(files, loaded)
+    return _assemble(path, loaded, ranks, manifest, gpus_per_node)
+
+
+def load_many(
+    paths: Iterable[str | Path], **kwargs: Any
+) -> tuple[list[TraceFrames], list[TraceError]]:
+    """Load several runs; bad ones are returned as errors instead of stopping the batch."""
+    good: list[TraceFrames] = []
+    bad: list[TraceError] = []
+    for p in paths:
+        try:
+            good.append(load_run(p, **kwargs))
+        except TraceError as exc:
+            bad.append(exc)
+    return good, bad
+
+
+def _assign_ranks(files: list[Path], loaded: list[FileFrames]) -> list[int]:
+    """distributedInfo rank, else the file name's, else file order; must be unique."""
+    ranks = [
+        ff.rank if ff.rank is not None else rank_from_name(f)
+        for f, ff in zip(files, loaded, strict=True)
+    ]
+    if any(r is None for r in ranks) or len(set(ranks)) != len(ranks):
+        by_name = [rank_from_name(f) for f in files]
+        if None not in by_name and len(set(by_name)) == len(by_name):
+            return [int(r) for r in by_name]  # type: ignore[arg-type]
+        return list(range(len(files)))
+    return [int(r) for r in ranks]  # type: ignore[arg-type]
+
+
+def _min_ts(ff: FileFrames) -> int | None:
+    mins = [
+        getattr(ff, n)["ts_ns"].min()
+        for n in FileFrames.FRAME_NAMES
+        if getattr(ff, n).height
+    ]
+    mins = [m for m in mins if m is not None]
+    return min(mins) if mins else None  # type: ignore[type-var]
+
+
+def _assemble(
+    source: Path,
+    loaded: list[FileFrames],
+    ranks: list[int],
+    manifest: dict[str, Any],
+    gpus_per_node: int | None,
+) -> TraceFrames:
+    starts = [m for m in (_min_ts(ff) for ff in loaded) if m is not None]
+    origin = int(min(starts)) if starts else 0
+    parts: dict[str, list[pl.DataFrame]] = {n: [] for n in FileFrames.FRAME_NAMES}
+    rank_rows = []
+    for ff, rank in zip(loaded, ranks, strict=True):
+        for name in FileFrames.FRAME_NAMES:
+            df = getattr(ff, name)
+            rank_col = pl.lit(rank, dtype=pl.Int32)
+            if name == "warp_events":  # events may name their own rank
+                rank_col = pl.col("rank").fill_null(rank_col)
+            parts[name].append(
+                df.with_columns(rank_col.alias("rank"), (pl.col("ts_ns") - origin).alias("ts_ns"))
+            )
+        start = _min_ts(ff)
+        rank_rows.append({
+            "rank": rank, "path": ff.path, "world_size": ff.world_size, "backend": ff.backend,
+            "num_sms": ff.num_sms, "device_name": ff.device_name,
+            "origin_ns": None if start is None else int(start) - origin,
+            "n_events": ff.n_events,
+        })
+    schemas = {
+        "activities": F.ACTIVITIES_SCHEMA, "cpu_ops": F.CPU_OPS_SCHEMA,
+        "annotations": F.ANNOTATIONS_SCHEMA, "comm_meta": F.COMM_META_SCHEMA,
+        "warp_events": F.WARP_EVENTS_SCHEMA, "counters": F.COUNTERS_SCHEMA,
+    }
+    out = {
+        name: pl.concat(dfs, how="vertical") if dfs else F.empty(schemas[name])
+        for name, dfs in parts.items()
+    }
+    ours = next((ff.overlapscope for ff in loaded if ff.overlapscope), {})
+    meta = {
+        "source": str(source),
+        "origin_ns": origin,
+        "overlapscope": ours,
+        "manifest": manifest,
+        "gpus_per_node": gpus_per_node or _gpus_per_node(ours, manifest),
+        "skipped_events": sum(ff.skipped_events for ff in loaded),
+    }
+    return TraceFrames(
+        ranks=pl.DataFrame(rank_rows, schema=F.RANKS_SCHEMA).sort("rank"), meta=meta, **out
+    )
+
+
+def _gpus_per_node(ours: dict[str, Any], manifest: dict[str, Any]) -> int | None:
+    for src in (ours, manifest):
+        topo = src.get("topology") if isinstance(src, dict) else None
+        if isinstance(topo, dict) and topo.get("gpus_per_node"):
+            return int(topo["gpus_per_node"])
+    return None
