@@ -18,6 +18,7 @@ from typing import Any
 import polars as pl
 
 from overlapscope.analyzers.frames import TraceFrames
+from overlapscope.analyzers.ranges import points_in_intervals, take
 
 DEFAULT_RULES = Path(__file__).with_name("classify_rules.toml")
 KINDS = ("comm", "compute", "memory")
@@ -172,14 +173,14 @@ def _promote_by_launch(acts: pl.DataFrame, cpu_ops: pl.DataFrame) -> pl.DataFram
     )
     if comm_ops.is_empty() or launches.is_empty():
         return acts
+    pairs = points_in_intervals(
+        launches, comm_ops, by=["rank", "pid"], point="launch_ns", start="c_start", end="c_end"
+    )
     hits = (
-        launches.join_where(
-            comm_ops,
-            pl.col("rank") == pl.col("rank_right"),
-            pl.col("pid") == pl.col("pid_right"),
-            pl.col("launch_ns") >= pl.col("c_start"),
-            pl.col("launch_ns") <= pl.col("c_end"),
-        )
+        pl.concat([
+            take(launches, pairs["point_row"]).select("rank", "correlation"),
+            take(comm_ops, pairs["interval_row"]).select("c_name"),
+        ], how="horizontal")
         .group_by("rank", "correlation")
         .agg(pl.col("c_name"))
     )

@@ -41,7 +41,7 @@ package; line numbers of the 0.5.0 wheel):
    rank keeps only GPU events whose ``correlation`` matches a host event that
    starts strictly before the rank's last ProfilerStep start, compared in rounded
    microseconds (``common/trace.py``: ``Trace._filter_irrelevant_gpu_kernels``,
-   l.705-745, via ``align_and_filter_trace`` from ``load_traces``;
+   l.705-744, via ``align_and_filter_trace`` from ``load_traces``;
    ``TraceAnalysis.__init__`` defaults ``include_last_profiler_step=False``,
    ``trace_analysis.py`` l.31-39). Consequences: "last start" is the maximum over
    every host-side row named ``*ProfilerStep*``, including the
@@ -68,7 +68,7 @@ package; line numbers of the 0.5.0 wheel):
    all GPU events|; ``compute`` = |union of COMPUTATION|; ``non_compute`` = the
    rest, i.e. comm, memory and OTHER together (``breakdown_analysis.py``:
    ``_get_idle_time_for_kernels``, l.625-640, ``get_temporal_breakdown``,
-   l.642-712); percentages rounded to 2 decimals. overlapscope splits the busy
+   l.642-727); percentages rounded to 2 decimals. overlapscope splits the busy
    time compute > comm > memory (> other) and keeps exact percentages; its
    ``non_compute_ns`` column equals HTA's non_compute.
 9. **Interval merging.** ``merge_kernel_intervals`` (``utils/utils.py``,
@@ -77,20 +77,20 @@ package; line numbers of the 0.5.0 wheel):
    negative-length interval from rule 4 that opens a group subtracts 1 us.
    overlapscope's intervals.py merges the same way (see breakdown.py).
 10. **Overlap ratio.** ``get_comm_comp_overlap``
-    (``analyzers/communication_analysis.py``, l.24-100): per rank, over all kept
+    (``analyzers/communication_analysis.py``, l.24-105): per rank, over all kept
     events (no iteration or annotation window), |U(comm) & U(compute)| /
     |U(comm)|, memory and OTHER ignored; NaN (0/0) when a rank has no NCCL
     kernel; reported as ``comp_comm_overlap_pctg`` rounded to 2 decimals.
     overlapscope: communication per classify.py (so DeepEP traces get a number).
 11. **Kernel breakdown.** ``get_gpu_kernel_breakdown``
-    (``breakdown_analysis.py``, l.37-210): per rank and type (COMPUTATION,
+    (``breakdown_analysis.py``, l.37-213): per rank and type (COMPUTATION,
     COMMUNICATION, and MEMORY when ``include_memory_kernels``, default True in
     ``TraceAnalysis``), per name sum/max/min/mean/std (ddof 1, NaN -> 0) of
     rounded durations, no count column. ``_aggr_gpu_kernel_time`` (l.564-623)
     lumps names beyond ``num_kernels`` (10) or beyond the ``duration_ratio``
     quantile of the cumulative sum into "others" and then recomputes the
     statistics of every row from per-name sums (max = min = mean = sum). The
-    kernel-type table (``_get_gpu_kernel_type_time``, l.495-562) adds over all
+    kernel-type table (``_get_gpu_kernel_type_time``, l.495-561) adds over all
     ranks the time each combination of types runs ("COMPUTATION overlapping
     COMMUNICATION"), percentages of their total rounded to 1 decimal; with
     timestamps tied between types, its unstable sort can emit 0-us rows.
@@ -103,8 +103,11 @@ package; line numbers of the 0.5.0 wheel):
     parsed as a trace. overlapscope: ``distributedInfo.rank``, the file name,
     then file order; ``run.json`` is the manifest.
 13. **Time origin.** HTA shifts all ranks so that the earliest event is 0
-    (``common/trace.py``: ``Trace._align_all_ranks``); overlapscope also uses one
-    origin per run. Durations and overlaps do not depend on it.
+    (``common/trace.py``: ``Trace._align_all_ranks``, l.696-703); overlapscope
+    also uses one origin per run. Durations and overlaps do not depend on it.
+    The shift moves ``ts`` but not the ``end`` column computed earlier, which is
+    why ``include_last_profiler_step=True`` (compared against that stale end)
+    keeps every launched GPU event (see ``_kept_through_last_step``).
 
 Compat frames implement rules 1-6 on the activities; rules 7-11 are applied by
 the ``hta_compat=True`` paths of breakdown.py.

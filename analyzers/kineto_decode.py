@@ -30,6 +30,7 @@ ANNOTATION_CATS = {"user_annotation", "gpu_user_annotation"}
 SKIP_X_CATS = {"trace", "overhead"}
 _RANK_IN_NAME = re.compile(r"rank[-_]?(\d+)", re.IGNORECASE)
 _EMPTY_ARGS = EventArgs()
+_COMM_OP = re.compile(r"c10d::|gloo:|record_param_comms|nccl:")
 _DECODER = msgspec.json.Decoder(KinetoTrace, strict=False)
 
 
@@ -325,12 +326,13 @@ def _gpu_frame(sub: list[TraceEvent], ts: np.ndarray, dur: np.ndarray) -> pl.Dat
     return pl.DataFrame(cols, schema=F.ACTIVITIES_SCHEMA, strict=False)
 
 
-def _raw_text(values: list[msgspec.Raw]) -> list[str | None]:
+def _raw_text(values: list[msgspec.Raw | None]) -> list[str | None]:
     return [bytes(v).decode("utf-8", "replace") if v else None for v in values]
 
 
 def _host_frame(sub: list[TraceEvent], ts: np.ndarray, dur: np.ndarray) -> pl.DataFrame:
     args = _args(sub)
+    comm = [_COMM_OP.match(e.name) is not None for e in sub]
     cols = {
         "rank": pl.Series([None] * len(sub), dtype=pl.Int32),
         "pid": _as_str(list(map(attrgetter("pid"), sub))),
@@ -341,8 +343,9 @@ def _host_frame(sub: list[TraceEvent], ts: np.ndarray, dur: np.ndarray) -> pl.Da
         "dur_ns": dur,
         "correlation": _as_int(list(map(attrgetter("correlation"), args))),
         "external_id": _as_int(list(map(attrgetter("external_id"), args))),
-        "inputs": _raw_text(list(map(attrgetter("concrete_inputs"), args))),
-        "input_dims": _raw_text(list(map(attrgetter("input_dims"), args))),
+        # Inputs matter only for communication ops (peers, tags, sizes): skip the rest.
+        "inputs": _raw_text([a.concrete_inputs if c else None for a, c in zip(args, comm, strict=True)]),
+        "input_dims": _raw_text([a.input_dims if c else None for a, c in zip(args, comm, strict=True)]),
     }
     return pl.DataFrame(cols, schema=F.CPU_OPS_SCHEMA, strict=False)
 

@@ -19,6 +19,7 @@ import polars as pl
 from overlapscope.analyzers import intervals as iv
 from overlapscope.analyzers.classify import RuleSet
 from overlapscope.analyzers.frames import TraceFrames
+from overlapscope.analyzers.ranges import overlapping_pairs, take
 from overlapscope.analyzers.work import (
     DEVICE_KEY,
     annotation_members,
@@ -188,13 +189,17 @@ def _pairing(m: pl.DataFrame, comm: pl.DataFrame) -> pl.DataFrame:
     if pu.is_empty():
         return pl.DataFrame(schema=schema)
     names = m.group_by("ann_id").agg(pl.col("ann_name").first())
-    pairs = cu.join_where(
-        pu,
-        pl.col("rank") == pl.col("rank_right"),
-        pl.col("device") == pl.col("device_right"),
-        pl.col("start_ns") < pl.col("end_ns_right"),
-        pl.col("start_ns_right") < pl.col("end_ns"),
-    ).with_columns(
+    cu = cu.with_row_index("_a")
+    pu = pu.with_row_index("_b")
+    rows = overlapping_pairs(cu, pu, by=DEVICE_KEY)
+    if rows is None:  # pathological nesting: too many candidates to pair cheaply
+        return pl.DataFrame(schema=schema)
+    left = take(cu, rows["a_row"])
+    right = take(pu, rows["b_row"]).select(
+        pl.col("ann_id").alias("ann_id_right"), pl.col("start_ns").alias("start_ns_right"),
+        pl.col("end_ns").alias("end_ns_right"),
+    )
+    pairs = pl.concat([left, right], how="horizontal").with_columns(
         (pl.min_horizontal("end_ns", "end_ns_right")
          - pl.max_horizontal("start_ns", "start_ns_right")).alias("ov")
     )

@@ -32,7 +32,6 @@ import gzip
 from pathlib import Path
 
 import polars as pl
-
 from overlapscope.analyzers.errors import TraceError
 from overlapscope.analyzers.frames import WARP_EVENTS_SCHEMA
 

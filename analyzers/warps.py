@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
-
 from overlapscope.analyzers.frames import WARP_EVENTS_SCHEMA
 from overlapscope.analyzers.warps_align import align_warp_events_to_kernel
 from overlapscope.analyzers.warps_diagnosis import Thresholds, diagnose, diagnosis_text

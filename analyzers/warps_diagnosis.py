@@ -142,7 +142,8 @@ def _primary(rank: int, by_stage: dict[str, dict], links: list[dict], n_channels
                           "the roles mostly wait on each other."),
                     remedy="try another chunk size or more ring slots")
     per_ch = max(1, round(top["n_warps"] / max(n_channels, 1)))
-    remedy = (f"more {nice(top['role'], plural=False)} warps per channel ({per_ch} -> {2 * per_ch}) "
+    role = nice(top["role"], plural=False)
+    remedy = (f"more {role} warps per channel ({per_ch} -> {2 * per_ch}) "
               f"or more channels ({n_channels} -> {2 * n_channels})")
     ib = next((lk for lk in links if lk["link"] == "ib"), None)
     if top["stage"] == "send" and ib and (ib.get("util_frac") or 0.0) >= 0.5:

@@ -14,7 +14,6 @@ by more than ``threshold_frac`` of the kernel span: the kernel waits for it.
 from __future__ import annotations
 
 import polars as pl
-
 from overlapscope.analyzers.warps_roles import kernel_spans, role_stage
 
 COORD_LAG_SCHEMA: dict[str, pl.DataType] = {
@@ -45,7 +44,8 @@ def _busy_with_stage(warp_events: pl.DataFrame) -> pl.DataFrame:
     roles = warp_events["role"].unique().to_list()
     stage = {r: role_stage(r) for r in roles}
     sender_coord = {r: "coord" in r.lower() and "send" in r.lower() for r in roles}
-    return warp_events.filter(pl.col("state") == "busy", pl.col("chunk").is_not_null()).with_columns(
+    busy = warp_events.filter(pl.col("state") == "busy", pl.col("chunk").is_not_null())
+    return busy.with_columns(
         stage=pl.col("role").replace_strict(stage, return_dtype=pl.Utf8, default="other"),
         sender_coord=pl.col("role").replace_strict(sender_coord, return_dtype=pl.Boolean,
                                                    default=False),

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import polars as pl
-
 from overlapscope.analyzers.warps_roles import kernel_spans
 
 #: Link limits used when neither the caller nor the trace gives any (GB/s per GPU).

@@ -3,7 +3,7 @@
 With counters (``ph:"C"`` events named ``ring <kind> c<channel> <peer>``, series
 ``occupancy``) each sample holds until the next one; the last holds until the
 rank's last warp event. A ring is *empty* at occupancy <= 0 and *full* at
-occupancy >= its capacity (argument or ``meta["overlapscope"]["workload"]
+occupancy >= its capacity (argument, or ``meta["overlapscope"]["workload"]
 ["ring_capacity"]``, an int or ``{kind: int}`` in occupancy units); without a
 capacity ``full_frac`` is null.
 
@@ -23,7 +23,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import polars as pl
-
 from overlapscope.analyzers.warps_roles import kernel_spans, role_stage
 
 RINGS_SCHEMA: dict[str, pl.DataType] = {
@@ -40,17 +39,26 @@ RINGS_SCHEMA: dict[str, pl.DataType] = {
 }
 
 #: ring kind -> (producer stage, consumer stage)
-RING_STAGES: dict[str, tuple[str, str]] = {"rdma": ("send", "forward"), "nvl": ("forward", "receive")}
+RING_STAGES: dict[str, tuple[str, str]] = {
+    "rdma": ("send", "forward"),
+    "nvl": ("forward", "receive"),
+}
 
 _RING_NAME = r"^ring (\w+) c(\d+) (.+)$"
 
 
 def ring_capacity_from(meta: Mapping[str, Any] | None, capacity: int | Mapping[str, int] | None
                        ) -> dict[str, int]:
-    """Ring capacity per kind: the argument, else the trace's workload meta, else {}."""
+    """Ring capacity per kind: the argument, else the trace's workload meta
+    (``ring_capacity``, or the emulator's ``config.rdma_slots`` / ``config.nvl_slots``),
+    else {} (unknown)."""
+    workload = ((meta or {}).get("overlapscope") or {}).get("workload") or {}
     if capacity is None:
-        capacity = (((meta or {}).get("overlapscope") or {}).get("workload") or {}).get(
-            "ring_capacity")
+        capacity = workload.get("ring_capacity")
+    if capacity is None:
+        config = workload.get("config") or {}
+        slots = {k: config.get(f"{k}_slots") for k in RING_STAGES}
+        capacity = {k: v for k, v in slots.items() if isinstance(v, int)} or None
     if capacity is None:
         return {}
     if isinstance(capacity, int | float):

@@ -93,10 +93,10 @@ def role_instances(warp_events: pl.DataFrame) -> pl.DataFrame:
     states = _state_columns(warp_events)
     ev = warp_events.with_columns(end_ns=pl.col("ts_ns") + pl.col("dur_ns"))
     base = ev.group_by(keys).agg(
-        start_ns=pl.col("ts_ns").min(),
-        end_ns=pl.col("end_ns").max(),
-        busy_ns=pl.col("dur_ns").filter(pl.col("state") == "busy").sum(),
-        wait_ns=pl.col("dur_ns").filter(pl.col("state") != "busy").sum(),
+        pl.col("ts_ns").min().alias("start_ns"),
+        pl.col("end_ns").max(),
+        pl.col("dur_ns").filter(pl.col("state") == "busy").sum().alias("busy_ns"),
+        pl.col("dur_ns").filter(pl.col("state") != "busy").sum().alias("wait_ns"),
         *[pl.col("dur_ns").filter(pl.col("state") == s).sum().alias(f"{s}_ns") for s in states],
     )
     return (
@@ -125,8 +125,8 @@ def role_summary(warp_events: pl.DataFrame, *, by_channel: bool = False) -> pl.D
     sums = ["lifetime_ns", "busy_ns", "wait_ns", "unrecorded_ns"] + [f"{s}_ns" for s in states]
     out = (
         inst.group_by(keys)
-        .agg(n_warps=pl.len().cast(pl.Int64), start_ns=pl.col("start_ns").min(),
-             end_ns=pl.col("end_ns").max(), *[pl.col(c).sum() for c in sums])
+        .agg(pl.len().cast(pl.Int64).alias("n_warps"), pl.col("start_ns").min(),
+             pl.col("end_ns").max(), *[pl.col(c).sum() for c in sums])
         .join(kernel_spans(warp_events).select("rank", "span_ns"), on="rank", how="left")
     )
     life = pl.col("lifetime_ns").cast(pl.Float64)
@@ -134,9 +134,10 @@ def role_summary(warp_events: pl.DataFrame, *, by_channel: bool = False) -> pl.D
              for c in ["busy_ns", "wait_ns", "unrecorded_ns"] + [f"{s}_ns" for s in states]]
     return (
         out.with_columns(
-            stage=pl.col("role").map_elements(role_stage, return_dtype=pl.Utf8),
+            pl.col("role").map_elements(role_stage, return_dtype=pl.Utf8).alias("stage"),
             *fracs,
-            busy_of_span_frac=pl.col("busy_ns") / (pl.col("n_warps") * pl.col("span_ns")),
+            (pl.col("busy_ns") / (pl.col("n_warps") * pl.col("span_ns"))).alias(
+                "busy_of_span_frac"),
         )
         .select(*keys, "stage", "n_warps", "start_ns", "end_ns", *sums[:4], "busy_frac",
                 "wait_frac", "unrecorded_frac", "busy_of_span_frac",

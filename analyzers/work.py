@@ -13,11 +13,13 @@ item i64 (row id).
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from overlapscope.analyzers import intervals as iv
 from overlapscope.analyzers.classify import RuleSet, classify_frames
 from overlapscope.analyzers.frames import TraceFrames
+from overlapscope.analyzers.ranges import points_in_intervals, take
 
 DEVICE_KEY = ["rank", "device"]
 HOST_DEVICE = -1
@@ -57,19 +59,18 @@ def _host_items(frames: TraceFrames) -> pl.DataFrame:
     comm = ops.filter(pl.col("kind") == "comm")
     # Operators running inside a communication op (buffer allocation, copies done by
     # gloo itself) are part of that communication, not compute.
-    inside = (
-        ops.filter(pl.col("kind") == "compute").with_row_index("_r")
-        .join_where(
-            comm.select("rank", "pid", "tid", pl.col("start_ns").alias("c0"),
-                        pl.col("end_ns").alias("c1")),
-            pl.col("rank") == pl.col("rank_right"), pl.col("pid") == pl.col("pid_right"),
-            pl.col("tid") == pl.col("tid_right"),
-            pl.col("start_ns") >= pl.col("c0"), pl.col("end_ns") <= pl.col("c1"),
-        )["_r"].unique()
+    compute = ops.filter(pl.col("kind") == "compute")
+    comm_iv = comm.select("rank", "pid", "tid", pl.col("start_ns").alias("c0"),
+                          pl.col("end_ns").alias("c1"))
+    pairs = points_in_intervals(
+        compute, comm_iv, by=["rank", "pid", "tid"], point="start_ns", start="c0", end="c1"
     )
-    compute = ops.filter(pl.col("kind") == "compute").with_row_index("_r").filter(
-        ~pl.col("_r").is_in(inside.implode())
-    ).drop("_r")
+    ends = compute["end_ns"].to_numpy()[pairs["point_row"].to_numpy()]
+    limits = comm_iv["c1"].to_numpy()[pairs["interval_row"].to_numpy()]
+    inside = np.unique(pairs["point_row"].to_numpy()[ends <= limits])
+    keep = np.ones(compute.height, dtype=bool)
+    keep[inside] = False
+    compute = compute.filter(pl.Series(keep))
     both = pl.concat([comm, compute])
     return both.select(
         "rank",
@@ -158,13 +159,14 @@ def annotation_members(
     launched = items.filter(pl.col("launch_ns").is_not_null()).select(
         "item", "rank", "launch_pid", "launch_ns"
     )
-    by_launch = launched.join_where(
-        cpu_ann,
-        pl.col("rank") == pl.col("rank_right"),
-        pl.col("launch_pid") == pl.col("a_pid"),
-        pl.col("launch_ns") >= pl.col("ann_start_ns"),
-        pl.col("launch_ns") <= pl.col("ann_end_ns"),
-    ).select(cols)
+    pairs = points_in_intervals(
+        launched, cpu_ann, by=["rank", "a_pid"], left_by=["rank", "launch_pid"],
+        point="launch_ns", start="ann_start_ns", end="ann_end_ns",
+    )
+    by_launch = pl.concat([
+        take(launched, pairs["point_row"]).select("item"),
+        take(cpu_ann, pairs["interval_row"]).drop("rank", "a_pid"),
+    ], how="horizontal").select(cols)
     gpu_ann = ann.filter(pl.col("on_gpu")).select(
         "rank", "device", "stream", "ann_id", pl.col("name").alias("ann_name"),
         pl.col("ts_ns").alias("ann_start_ns"),
@@ -174,14 +176,14 @@ def annotation_members(
     unlaunched = items.filter(pl.col("launch_ns").is_null()).select(
         "item", "rank", "device", "stream", "start_ns"
     )
-    by_gpu = unlaunched.join_where(
-        gpu_ann,
-        pl.col("rank") == pl.col("rank_right"),
-        pl.col("device") == pl.col("device_right"),
-        pl.col("stream") == pl.col("stream_right"),
-        pl.col("start_ns") >= pl.col("ann_start_ns"),
-        pl.col("start_ns") < pl.col("ann_end_ns"),
-    ).select(cols)
+    gpairs = points_in_intervals(
+        unlaunched, gpu_ann, by=["rank", "device", "stream"], point="start_ns",
+        start="ann_start_ns", end="ann_end_ns",
+    )
+    by_gpu = pl.concat([
+        take(unlaunched, gpairs["point_row"]).select("item", "start_ns"),
+        take(gpu_ann, gpairs["interval_row"]).drop("rank", "device", "stream"),
+    ], how="horizontal").filter(pl.col("start_ns") < pl.col("ann_end_ns")).select(cols)
     return pl.concat([by_launch, by_gpu]) if not by_gpu.is_empty() else by_launch
 
 

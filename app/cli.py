@@ -31,6 +31,9 @@ def _register() -> None:
     from overlapscope.app.commands import analyze
 
     analyze.register(app)
+    from overlapscope.app.commands import profile
+
+    profile.register(app)
 
 
 _register()

@@ -1,0 +1,221 @@
+"""`overlapscope profile`: run an instrumented workload and write a run directory.
+
+Locally it spawns ``nodes x gpus-per-node`` ranks itself (gloo on 127.0.0.1, or nccl when
+every rank has a GPU) and shows one progress bar per rank. Under torchrun (``RANK``,
+``WORLD_SIZE``, ``MASTER_ADDR`` set) it runs just this process's rank, e.g.::
+
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-endpoint HOST:29500 \\
+        -m overlapscope.app.cli profile --workload ep-dispatch --nodes 2 --gpus-per-node 8
+
+Exit status: 0 success, 2 refused arguments, 1 a rank failed or the run timed out.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+
+def _parse_sets(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs -> dict; values are JSON when they parse, else strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+class _RankBars:
+    """One rich progress bar per rank, fed by launcher events."""
+
+    def __init__(self, progress: Progress, world: int, steps: int, label: Any) -> None:
+        self.progress = progress
+        self.tasks = {
+            r: progress.add_task(label(r), total=steps, status="starting") for r in range(world)
+        }
+
+    def __call__(self, ev: dict[str, Any]) -> None:
+        rank = ev.get("rank")
+        task = self.tasks.get(rank) if rank is not None else None
+        if task is None:
+            return
+        kind = ev["kind"]
+        if kind == "started":
+            self.progress.update(task, status="running")
+        elif kind == "step":
+            self.progress.update(task, completed=ev["step"])
+        elif kind == "message":
+            self.progress.update(task, status=ev["text"])
+        elif kind == "done":
+            self.progress.update(task, completed=self.progress.tasks[task].total, status="done")
+        elif kind == "failed":
+            self.progress.update(task, status=f"[red]failed[/red]: {ev['error'][:60]}")
+
+
+def _summary(console: Console, out: Path, results: list[dict[str, Any]], wall_s: float) -> None:
+    table = Table(title=f"run written to {out}", title_justify="left")
+    for col in ("rank", "file", "trace KiB", "workload s", "export s"):
+        table.add_column(col, justify="right" if col != "file" else "left")
+    for r in results:
+        size = r.get("trace_bytes")
+        export = r.get("export_s")
+        table.add_row(
+            str(r["rank"]),
+            r.get("file") or "-",
+            f"{size / 1024:.1f}" if size else "-",
+            f"{r['wall_s']:.2f}",
+            f"{export:.2f}" if export is not None else "-",
+        )
+    console.print(table)
+    console.print(f"manifest: {out / 'run.json'}   total wall time: {wall_s:.1f} s")
+    console.print(f"next: overlapscope analyze {out}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the profile command to the CLI."""
+
+    @app.command()
+    def profile(
+        workload: Annotated[
+            str, typer.Option(help="Workload: dualpipe-moe, ep-dispatch or smoke.")
+        ] = "smoke",
+        schedule: Annotated[
+            str, typer.Option(help="Pipeline schedule (dualpipe-moe): dualpipe, dualpipev, 1f1b.")
+        ] = "dualpipe",
+        pp: Annotated[int | None, typer.Option(help="Pipeline ranks (default: inferred).")] = None,
+        ep: Annotated[
+            int | None, typer.Option(help="Expert-parallel ranks (default: inferred).")
+        ] = None,
+        nodes: Annotated[int, typer.Option(help="Nodes to lay the ranks out on.")] = 1,
+        gpus_per_node: Annotated[int, typer.Option(help="Ranks (GPUs) per node.")] = 4,
+        micro_batches: Annotated[
+            int | None, typer.Option(help="Micro-batches per step (default 2 x PP for DualPipe).")
+        ] = None,
+        steps: Annotated[int, typer.Option(help="Training steps to run.")] = 2,
+        seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+        backend: Annotated[str, typer.Option(help="auto, gloo or nccl.")] = "auto",
+        ib_gbps: Annotated[float, typer.Option(help="Emulated IB bandwidth per GPU, GB/s.")] = 50.0,
+        nvl_gbps: Annotated[
+            float, typer.Option(help="Emulated NVLink bandwidth per GPU, GB/s.")
+        ] = 160.0,
+        out: Annotated[
+            str | None, typer.Option(help="Run directory (default runs/<workload>-<time>).")
+        ] = None,
+        no_trace: Annotated[
+            bool, typer.Option("--no-trace", help="Run without tracing (overhead baseline).")
+        ] = False,
+        timeout: Annotated[
+            float, typer.Option(help="Seconds before the whole launch is abandoned.")
+        ] = 600.0,
+        set_: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--set", help="Extra workload config KEY=VALUE (JSON values), repeatable."
+            ),
+        ] = None,
+    ) -> None:
+        """Run an instrumented workload and write rank-<r>.json.gz traces plus run.json."""
+        from overlapscope.profiler.run import (
+            ConfigError,
+            LaunchError,
+            RunConfig,
+            is_torchrun_env,
+            resolve,
+            run_local,
+            run_torchrun,
+        )
+
+        err = Console(stderr=True)
+        try:
+            extra = _parse_sets(set_ or [])
+        except ValueError as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
+        if out is None:
+            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            out = str(Path("runs") / f"{workload}-{stamp}")
+        cfg = RunConfig(
+            workload=workload,
+            schedule=schedule,
+            pp=pp,
+            ep=ep,
+            nodes=nodes,
+            gpus_per_node=gpus_per_node,
+            micro_batches=micro_batches,
+            steps=steps,
+            seed=seed,
+            backend=backend,
+            ib_gbps=ib_gbps,
+            nvl_gbps=nvl_gbps,
+            out=out,
+            trace=not no_trace,
+            timeout_s=timeout,
+            extra=extra,
+        )
+        try:
+            cfg = resolve(cfg)
+        except ConfigError as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
+        console = Console()
+        try:
+            if is_torchrun_env():
+                run_torchrun(cfg)
+                if int(os.environ["RANK"]) == 0:
+                    console.print(f"rank 0 done; run written to {cfg.out}")
+                return
+            label = _rank_label(cfg)
+            columns = (
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("steps  {task.fields[status]}"),
+                TimeElapsedColumn(),
+            )
+            with Progress(*columns, console=err, transient=False) as progress:
+                bars = _RankBars(progress, cfg.world_size, cfg.steps, label)
+                result = run_local(cfg, on_event=bars)
+        except ConfigError as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
+        except LaunchError as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from None
+        _summary(console, Path(result["out"]), result["results"], result["wall_s"])
+
+
+def _rank_label(cfg: Any) -> Any:
+    """rank -> "rank r  n<node> s<stage> e<ep index>" for the progress bars."""
+    from overlapscope.profiler.layout import RankLayout
+
+    layout = RankLayout(cfg.pp, cfg.ep)
+
+    def label(rank: int) -> str:
+        node = rank // cfg.gpus_per_node
+        return (
+            f"rank {rank:<3} node {node} stage {layout.stage_of(rank)} "
+            f"ep {layout.ep_index_of(rank)}"
+        )
+
+    return label
