@@ -21,7 +21,7 @@ import polars as pl
 from overlapscope.analyzers.kineto_decode import FileFrames
 
 #: Bump when FileFrames or any frame schema changes: old entries are then ignored.
-CACHE_SCHEMA_VERSION = 1
+CACHE_SCHEMA_VERSION = 2
 _HASH_CHUNK = 8 << 20
 
 
@@ -80,7 +80,7 @@ def store(path: Path, ff: FileFrames) -> None:
         meta = {
             k: getattr(ff, k)
             for k in ("rank", "world_size", "backend", "num_sms", "device_name", "n_events",
-                      "overlapscope", "skipped_events")
+                      "base_time_ns", "overlapscope", "skipped_events")
         }
         (tmp / "meta.json").write_text(json.dumps(meta))
         try:

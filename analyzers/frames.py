@@ -123,6 +123,7 @@ RANKS_SCHEMA: dict[str, pl.DataType] = {
     "num_sms": pl.Int64,
     "device_name": pl.Utf8,
     "origin_ns": pl.Int64,
+    "base_time_ns": pl.Int64,
     "n_events": pl.Int64,
 }
 

@@ -54,6 +54,7 @@ class FileFrames:
     num_sms: int | None
     device_name: str | None
     n_events: int
+    base_time_ns: int
     activities: pl.DataFrame
     cpu_ops: pl.DataFrame
     annotations: pl.DataFrame
@@ -109,6 +110,7 @@ def decode_file(path: Path) -> FileFrames:
         num_sms=num_sms,
         device_name=dev_name,
         n_events=len(events),
+        base_time_ns=base,
         overlapscope=trace.overlapscope or {},
         skipped_events=skipped,
         **built,
@@ -216,8 +218,9 @@ def _times_ns(raw: bytes, events: list[TraceEvent]) -> tuple[np.ndarray, np.ndar
         return us_to_ns(ts_np), us_to_ns(dur_np)
     if len(times) != len(events):  # generic path dropped events; keep float precision
         return us_to_ns(ts_np), us_to_ns(dur_np)
-    ts_txt = pl.Series([bytes(t.ts).decode() if t.ts else "0" for t in times])
-    dur_txt = pl.Series([bytes(t.dur).decode() if t.dur else "0" for t in times])
+    # Strings of digits ("ts": "123.5") are read like numbers; null/empty counts as 0.
+    ts_txt = pl.Series([bytes(t.ts).decode().strip('"') if t.ts else "0" for t in times])
+    dur_txt = pl.Series([bytes(t.dur).decode().strip('"') if t.dur else "0" for t in times])
     return (
         decimal_text_us_to_ns(ts_txt).fill_null(0).to_numpy(),
         decimal_text_us_to_ns(dur_txt).fill_null(0).to_numpy(),

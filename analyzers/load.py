@@ -164,6 +164,7 @@ def _assemble(
             "rank": rank, "path": ff.path, "world_size": ff.world_size, "backend": ff.backend,
             "num_sms": ff.num_sms, "device_name": ff.device_name,
             "origin_ns": None if start is None else int(start) - origin,
+            "base_time_ns": ff.base_time_ns,
             "n_events": ff.n_events,
         })
     schemas = {

@@ -215,10 +215,10 @@ def conformance(ops: pl.DataFrame, expected: pl.DataFrame) -> pl.DataFrame:
     observed = ops.select("step", "rank", "pos", pl.col("label").alias("observed"))
     pairs = observed.select("step", "rank").unique()
     grid = pairs.join(expected, on="rank", how="left").filter(pl.col("pos").is_not_null())
-    both = pl.concat([
-        observed.join(grid, on=["step", "rank", "pos"], how="full", coalesce=True)
-    ]).filter(pl.col("observed").is_null() | pl.col("expected").is_null()
+    differ = (pl.col("observed").is_null() | pl.col("expected").is_null()
               | (pl.col("observed") != pl.col("expected")))
+    both = observed.join(grid, on=["step", "rank", "pos"], how="full", coalesce=True)
+    both = both.filter(differ)
     first = (
         both.sort("step", "rank", "pos")
         .group_by("step", "rank", maintain_order=True)

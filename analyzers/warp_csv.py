@@ -32,6 +32,7 @@ import gzip
 from pathlib import Path
 
 import polars as pl
+
 from overlapscope.analyzers.errors import TraceError
 from overlapscope.analyzers.frames import WARP_EVENTS_SCHEMA
 

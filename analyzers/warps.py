@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
+
 from overlapscope.analyzers.frames import WARP_EVENTS_SCHEMA
 from overlapscope.analyzers.warps_align import align_warp_events_to_kernel
 from overlapscope.analyzers.warps_diagnosis import Thresholds, diagnose, diagnosis_text
@@ -77,9 +78,15 @@ def analyze_warps(
     ``counters``: the run's ``COUNTERS_SCHEMA`` frame (ring occupancy), optional.
     ``meta``: ``TraceFrames.meta``; link limits come from the arguments, else
     ``meta["overlapscope"]["topology"]``, else IB 50 / NVLink 160 GB/s.
-    Raises ``ValueError`` if ``warp_events`` lacks columns of ``WARP_EVENTS_SCHEMA``
-    or is empty.
+    Missing ``rank`` / ``sm`` columns are filled with 0 / null (an emulator log of one
+    rank); other extra columns are ignored. Raises ``ValueError`` if ``warp_events``
+    lacks another column of ``WARP_EVENTS_SCHEMA`` or is empty.
     """
+    # Frames straight from an emulator log may lack the rank / SM columns.
+    if "rank" not in warp_events.columns:
+        warp_events = warp_events.with_columns(rank=pl.lit(0, dtype=pl.Int32))
+    if "sm" not in warp_events.columns:
+        warp_events = warp_events.with_columns(sm=pl.lit(None, dtype=pl.Int32))
     missing = [c for c in WARP_EVENTS_SCHEMA if c not in warp_events.columns]
     if missing:
         raise ValueError(f"warp_events lacks column(s) {', '.join(missing)}")

@@ -2,8 +2,11 @@
 
 Per rank, one *primary* finding plus the §2.6 rules that fired as evidence:
 
-1. **Link bound** if a link's achieved bandwidth over its active window reaches
-   ``link_frac`` of its limit: more warps cannot help; cut the bytes instead.
+1. **Link bound** if a link ran at >= ``link_frac`` of its limit while in use *and*
+   its bytes at that limit fill >= ``link_span_frac`` of the kernel span: more warps
+   cannot help; cut the bytes instead. (A link saturated only during a short phase
+   is reported as evidence, not as the bottleneck: the kernel's end is set by
+   whatever works during the rest of the span.)
 2. Otherwise the **busiest data-path role** (send / forward / receive stage) by
    ``busy_of_span_frac`` - the share of the kernel span its warps spend working -
    is the bottleneck: the kernel cannot end before that work is done, and the
@@ -59,6 +62,7 @@ class Thresholds:
 
     wait_frac: float = 0.20
     link_frac: float = 0.85
+    link_span_frac: float = 0.70
     saturated_frac: float = 0.50
 
 
@@ -72,7 +76,8 @@ def _wait_sum(row: dict, word: str) -> float:
                if k.endswith("_frac") and k.startswith("wait_") and word in k)
 
 
-def _rules(rank: int, by_stage: dict[str, dict], th: Thresholds) -> list[dict]:
+def _rules(rank: int, by_stage: dict[str, dict], links: list[dict], th: Thresholds
+           ) -> list[dict]:
     """The §2.6 evidence rules that fired for one rank."""
     found: list[dict] = []
 
@@ -100,20 +105,28 @@ def _rules(rank: int, by_stage: dict[str, dict], th: Thresholds) -> list[dict]:
         add("receivers_wait_data", recv["role"], v,
             f"{nice(recv['role'])} wait for data {_pct(v)} of their lifetime: upstream bound.",
             "speed up forwarders / senders (more warps) rather than receivers")
-    rules = {f["rule"] for f in found}
-    if {"senders_wait_space", "forwarders_wait_data"} <= rules or {
-            "forwarders_wait_space", "receivers_wait_data"} <= rules:
-        ring = "RDMA" if "senders_wait_space" in rules else "NVL"
-        add("ring_ping_pong", ring.lower(), max(f["value_frac"] for f in found),
-            f"Both sides of the {ring} ring wait on it: producer and consumer take turns "
-            "instead of overlapping.",
-            "try another chunk size (smaller chunks pipeline finer) or more ring slots")
+    for lk in links:
+        if (lk.get("util_frac") or 0.0) >= th.link_frac and (
+                lk.get("span_util_frac") or 0.0) < th.link_span_frac:
+            add("link_hot_while_used", lk["link"], lk["util_frac"],
+                f"The {nice(lk['link'])} link runs at {_pct(lk['util_frac'])} of its limit while "
+                f"in use, but that is only {_pct(lk['span_util_frac'])} of the kernel span.",
+                "fewer bytes on it would shorten that phase, not the kernel")
+    frac = {f["rule"]: f["value_frac"] for f in found}
+    for ring, pair in (("RDMA", ("senders_wait_space", "forwarders_wait_data")),
+                       ("NVL", ("forwarders_wait_space", "receivers_wait_data"))):
+        if all(r in frac for r in pair):
+            add("ring_ping_pong", ring.lower(), min(frac[r] for r in pair),
+                f"Both sides of the {ring} ring wait on it: producer and consumer take turns "
+                "instead of overlapping.",
+                "try another chunk size (smaller chunks pipeline finer) or more ring slots")
     return found
 
 
 def _primary(rank: int, by_stage: dict[str, dict], links: list[dict], n_channels: int,
              th: Thresholds) -> dict:
-    hot = [lk for lk in links if (lk.get("util_frac") or 0.0) >= th.link_frac]
+    hot = [lk for lk in links if (lk.get("util_frac") or 0.0) >= th.link_frac
+           and (lk.get("span_util_frac") or 0.0) >= th.link_span_frac]
     if hot:
         lk = max(hot, key=lambda r: r["util_frac"])
         remedy = ("cut IB bytes: a lower node limit (fewer remote nodes per token); more warps "
@@ -124,7 +137,8 @@ def _primary(rank: int, by_stage: dict[str, dict], links: list[dict], n_channels
                     subject=lk["link"], value_frac=lk["util_frac"],
                     text=(f"Bottleneck: the {nice(lk['link'])} link, "
                           f"{lk['achieved_gbps']:.1f} of {lk['limit_gbps']:.0f} GB/s "
-                          f"({_pct(lk['util_frac'])}) while in use."),
+                          f"({_pct(lk['util_frac'])}) while in use, busy "
+                          f"{_pct(lk['span_util_frac'])} of the kernel span."),
                     remedy=remedy)
     ranked = sorted(by_stage.values(), key=lambda r: r["busy_of_span_frac"] or 0.0, reverse=True)
     if not ranked:
@@ -168,7 +182,7 @@ def diagnose(roles: pl.DataFrame, links: pl.DataFrame, n_channels: dict[int, int
                     by_stage[row["stage"]] = row
         lk = links.filter(pl.col("rank") == rank).to_dicts()
         rows.append(_primary(rank, by_stage, lk, n_channels.get(rank, 1), th))
-        rows.extend(_rules(rank, by_stage, th))
+        rows.extend(_rules(rank, by_stage, lk, th))
     return pl.DataFrame(rows, schema=DIAGNOSIS_SCHEMA)
 
 

@@ -14,6 +14,7 @@ by more than ``threshold_frac`` of the kernel span: the kernel waits for it.
 from __future__ import annotations
 
 import polars as pl
+
 from overlapscope.analyzers.warps_roles import kernel_spans, role_stage
 
 COORD_LAG_SCHEMA: dict[str, pl.DataType] = {

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import polars as pl
+
 from overlapscope.analyzers.warps_roles import kernel_spans
 
 #: Link limits used when neither the caller nor the trace gives any (GB/s per GPU).
@@ -31,6 +32,7 @@ LINKS_SCHEMA: dict[str, pl.DataType] = {
     "span_gbps": pl.Float64,
     "limit_gbps": pl.Float64,
     "util_frac": pl.Float64,
+    "span_util_frac": pl.Float64,
 }
 
 
@@ -61,8 +63,10 @@ def link_limits(
 
 def link_bandwidth(warp_events: pl.DataFrame, limits: Mapping[str, float]) -> pl.DataFrame:
     """Per (rank, link): bytes moved, active window, achieved and span-average GB/s,
-    the link limit and ``util_frac = achieved_gbps / limit_gbps`` (``LINKS_SCHEMA``;
-    limit and utilisation are null for links without a limit, e.g. "local")."""
+    the link limit, ``util_frac = achieved_gbps / limit_gbps`` (how hard the link ran
+    while in use) and ``span_util_frac = span_gbps / limit_gbps`` (the share of the
+    kernel span the link must have been busy) (``LINKS_SCHEMA``; limit and
+    utilisations are null for links without a limit, e.g. "local")."""
     ev = warp_events.filter(pl.col("link").is_not_null())
     if ev.height == 0:
         return pl.DataFrame(schema=LINKS_SCHEMA)
@@ -87,6 +91,9 @@ def link_bandwidth(warp_events: pl.DataFrame, limits: Mapping[str, float]) -> pl
             .then(pl.col("bytes") / pl.col("active_ns")),
             span_gbps=pl.when(pl.col("span_ns") > 0).then(pl.col("bytes") / pl.col("span_ns")),
         )
-        .with_columns(util_frac=pl.col("achieved_gbps") / pl.col("limit_gbps"))
+        .with_columns(
+            util_frac=pl.col("achieved_gbps") / pl.col("limit_gbps"),
+            span_util_frac=pl.col("span_gbps") / pl.col("limit_gbps"),
+        )
     )
     return out.select([pl.col(c).cast(t) for c, t in LINKS_SCHEMA.items()]).sort("rank", "link")

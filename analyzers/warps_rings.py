@@ -4,8 +4,9 @@ With counters (``ph:"C"`` events named ``ring <kind> c<channel> <peer>``, series
 ``occupancy``) each sample holds until the next one; the last holds until the
 rank's last warp event. A ring is *empty* at occupancy <= 0 and *full* at
 occupancy >= its capacity (argument, or ``meta["overlapscope"]["workload"]
-["ring_capacity"]``, an int or ``{kind: int}`` in occupancy units); without a
-capacity ``full_frac`` is null.
+["ring_capacity"]``, an int or ``{kind: int}`` in occupancy units, or the
+emulator's ``workload.config.rdma_slots`` / ``nvl_slots``); without a capacity
+``full_frac`` is null.
 
 Without counters the fractions are inferred from the waits around each ring kind
 (peer ``"*"``: all rings of that kind in the channel): the RDMA ring is full
@@ -23,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import polars as pl
+
 from overlapscope.analyzers.warps_roles import kernel_spans, role_stage
 
 RINGS_SCHEMA: dict[str, pl.DataType] = {

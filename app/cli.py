@@ -34,6 +34,9 @@ def _register() -> None:
     from overlapscope.app.commands import profile
 
     profile.register(app)
+    from overlapscope.app.commands import tune_dispatch
+
+    tune_dispatch.register(app)
 
 
 _register()

@@ -28,6 +28,9 @@ DISPLAY: dict[str, list[str]] = {
                     "comm_busy_ns", "overlap_ratio", "exposed_comm_ns", "paired_with"],
     "kernels": ["rank", "device", "name", "comm_type", "count", "dur_ns", "coverage",
                 "worst_coverage"],
+    "temporal_breakdown": ["rank", "device", "window_ns", "compute_ns", "comm_ns", "memory_ns",
+                           "idle_ns", "compute_pct", "comm_pct", "memory_pct", "idle_pct"],
+    "kernel_breakdown": ["rank", "kind", "name", "count", "sum_ns", "mean_ns", "pct_of_kind"],
     "worst_kernels": ["rank", "device", "stream", "name", "start_ns", "dur_ns", "coverage"],
 }
 #: Short headers for the terminal.

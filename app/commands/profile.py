@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -65,11 +66,11 @@ class _RankBars:
         elif kind == "step":
             self.progress.update(task, completed=ev["step"])
         elif kind == "message":
-            self.progress.update(task, status=ev["text"])
+            self.progress.update(task, status=escape(ev["text"]))
         elif kind == "done":
             self.progress.update(task, completed=self.progress.tasks[task].total, status="done")
         elif kind == "failed":
-            self.progress.update(task, status=f"[red]failed[/red]: {ev['error'][:60]}")
+            self.progress.update(task, status=f"[red]failed[/red]: {escape(ev['error'][:60])}")
 
 
 def _summary(console: Console, out: Path, results: list[dict[str, Any]], wall_s: float) -> None:
@@ -149,7 +150,7 @@ def register(app: typer.Typer) -> None:
         try:
             extra = _parse_sets(set_ or [])
         except ValueError as exc:
-            err.print(f"[red]error:[/red] {exc}")
+            err.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(2) from None
         if out is None:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -175,34 +176,55 @@ def register(app: typer.Typer) -> None:
         try:
             cfg = resolve(cfg)
         except ConfigError as exc:
-            err.print(f"[red]error:[/red] {exc}")
+            err.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(2) from None
         console = Console()
         try:
             if is_torchrun_env():
-                run_torchrun(cfg)
+                _torchrun(cfg, run_torchrun, err)
                 if int(os.environ["RANK"]) == 0:
                     console.print(f"rank 0 done; run written to {cfg.out}")
                 return
             label = _rank_label(cfg)
-            columns = (
-                SpinnerColumn(),
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("steps  {task.fields[status]}"),
-                TimeElapsedColumn(),
-            )
-            with Progress(*columns, console=err, transient=False) as progress:
+            with Progress(*_columns(), console=err) as progress:
                 bars = _RankBars(progress, cfg.world_size, cfg.steps, label)
                 result = run_local(cfg, on_event=bars)
         except ConfigError as exc:
-            err.print(f"[red]error:[/red] {exc}")
+            err.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(2) from None
         except LaunchError as exc:
-            err.print(f"[red]error:[/red] {exc}")
+            err.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(1) from None
         _summary(console, Path(result["out"]), result["results"], result["wall_s"])
+
+
+def _torchrun(cfg: Any, run_torchrun: Any, err: Console) -> None:
+    """This process's rank of a torchrun job; rank 0 shows a progress bar."""
+    from overlapscope.profiler.run import ConfigError, LaunchError
+
+    rank = int(os.environ["RANK"])
+    try:
+        if rank != 0:
+            run_torchrun(cfg)
+            return
+        with Progress(*_columns(), console=err) as progress:
+            bars = _RankBars(progress, 1, cfg.steps, lambda r: "rank 0 (torchrun)")
+            run_torchrun(cfg, progress=bars)
+    except (ConfigError, LaunchError):
+        raise
+    except Exception as exc:  # a failing rank: name it; torchrun stops the others
+        raise LaunchError(rank, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _columns() -> tuple[Any, ...]:
+    return (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps  {task.fields[status]}"),
+        TimeElapsedColumn(),
+    )
 
 
 def _rank_label(cfg: Any) -> Any:

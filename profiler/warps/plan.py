@@ -1,0 +1,108 @@
+"""Dispatch layout: who gets which token, in which channel, at which output row.
+
+The equivalent of DeepEP's ``get_dispatch_layout`` + ``notify_dispatch``: from
+the top-k expert ids it derives per-GPU and per-node destination masks (the
+dedup: one IB copy per destination node, one NVLink copy per destination GPU),
+contiguous per-channel token ranges split into chunks, and each token's row in
+each destination GPU's output (source order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from overlapscope.profiler.warps.config import DispatchConfig
+
+
+@dataclass(frozen=True)
+class DispatchPlan:
+    """Layout of one source rank's dispatch.
+
+    ``dest`` [T, W] bool: token t goes to global rank d (deduplicated per GPU).
+    ``dest3`` the same viewed as [T, nodes, gpus_per_node]; ``node_mask`` [T, nodes].
+    ``out_pos`` [T, W] int64: row of token t in rank d's output (valid where dest).
+    ``channel_start`` / ``channel_end``: token range of each channel.
+    """
+
+    topk_ids: np.ndarray
+    dest: np.ndarray
+    dest3: np.ndarray
+    node_mask: np.ndarray
+    out_pos: np.ndarray
+    out_count: np.ndarray
+    channel_start: np.ndarray
+    channel_end: np.ndarray
+    chunk_tokens: int
+
+    def n_chunks(self, channel: int) -> int:
+        n = int(self.channel_end[channel] - self.channel_start[channel])
+        return -(-n // self.chunk_tokens)
+
+    def chunk_range(self, channel: int, chunk: int) -> tuple[int, int]:
+        a = int(self.channel_start[channel]) + chunk * self.chunk_tokens
+        return a, min(a + self.chunk_tokens, int(self.channel_end[channel]))
+
+    def locate(self, token: int) -> tuple[int, int]:
+        """(channel, chunk) that carries ``token``."""
+        c = int(np.searchsorted(self.channel_end, token, side="right"))
+        return c, (token - int(self.channel_start[c])) // self.chunk_tokens
+
+
+def make_plan(topk_ids: np.ndarray, cfg: DispatchConfig) -> DispatchPlan:
+    """Build the layout for ``topk_ids`` ([T, k] expert ids, -1 = unused slot)."""
+    ids = np.asarray(topk_ids, dtype=np.int64)
+    if ids.ndim != 2:
+        raise ValueError(f"topk_ids must be [tokens, k], got shape {ids.shape}")
+    t = ids.shape[0]
+    w = cfg.world_size
+    per_gpu = cfg.experts // w
+    if ids.size and ids.max() >= cfg.experts:
+        raise ValueError(f"expert id {int(ids.max())} >= experts ({cfg.experts})")
+    dest = np.zeros((t, w), dtype=bool)
+    rows = np.repeat(np.arange(t), ids.shape[1])
+    flat = ids.reshape(-1)
+    ok = flat >= 0
+    dest[rows[ok], flat[ok] // per_gpu] = True
+    dest3 = dest.reshape(t, cfg.nodes, cfg.gpus_per_node)
+    node_mask = dest3.any(axis=2)
+    out_pos = np.cumsum(dest, axis=0, dtype=np.int64) - 1
+    out_count = dest.sum(axis=0, dtype=np.int64)
+    per_channel = -(-t // cfg.channels)  # DeepEP's ceil split of tokens over channels
+    start = np.minimum(np.arange(cfg.channels, dtype=np.int64) * per_channel, t)
+    end = np.minimum(start + per_channel, t)
+    return DispatchPlan(
+        topk_ids=ids, dest=dest, dest3=dest3, node_mask=node_mask, out_pos=out_pos,
+        out_count=out_count, channel_start=start, channel_end=end,
+        chunk_tokens=cfg.chunk_tokens,
+    )
+
+
+def routed_topk(cfg: DispatchConfig) -> np.ndarray:
+    """Node-limited top-k ids for random gate scores (seeded by ``cfg.seed``).
+
+    Affinities are sigmoid(N(0, 1)) per (token, expert), no bias; the gate is
+    ``overlapscope.profiler.routing.node_limited_topk`` (V3 rule).
+    """
+    import torch
+
+    from overlapscope.profiler.routing import node_limited_topk
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    affinity = torch.sigmoid(torch.randn(cfg.tokens, cfg.experts, generator=gen))
+    topk, _weights = node_limited_topk(
+        affinity, None, n_nodes=cfg.nodes, top_k=cfg.top_k, max_nodes=cfg.max_nodes,
+        node_score=cfg.node_score,
+    )
+    return topk.numpy().astype(np.int64)
+
+
+def routing_bytes(plan: DispatchPlan, cfg: DispatchConfig) -> tuple[int, int]:
+    """(IB bytes, NVLink bytes) the layout implies for one source rank.
+
+    IB = S * sum_t |nodes(t) minus own node|; NVLink = S * sum_t sum_n distinct GPUs
+    (the fixture kernel's convention: every forwarded copy counts as NVLink).
+    """
+    remote = plan.node_mask.sum() - plan.node_mask[:, cfg.src_node].sum()
+    return int(remote) * cfg.token_bytes, int(plan.dest.sum()) * cfg.token_bytes

@@ -1,0 +1,341 @@
+"""Profiling session pieces: augmentation, clocks, comm stream, layout, config checks.
+
+Single-process only (the multi-rank launcher is tested in tests/integration/test_run.py).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+import time
+
+import msgspec
+import pytest
+from typer.testing import CliRunner
+
+torch = pytest.importorskip("torch")
+
+from overlapscope.app.cli import app  # noqa: E402
+from overlapscope.profiler import augment  # noqa: E402
+from overlapscope.profiler.comm_stream import ThreadCommStream  # noqa: E402
+from overlapscope.profiler.layout import RankLayout  # noqa: E402
+from overlapscope.profiler.run import ConfigError, RunConfig, resolve  # noqa: E402
+from overlapscope.profiler.session import ProfileSession, now_ns  # noqa: E402
+from overlapscope.profiler.topology import Topology  # noqa: E402
+
+# A Kineto-like trace whose timestamps are too large for float64 to keep every digit.
+KINETO_TEXT = (
+    b'{"schemaVersion": 1, "baseTimeNanoseconds": 1790857026000000000,\n'
+    b'"traceEvents": [\n'
+    b'  {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "pid": 7, "tid": 7,'
+    b' "ts": 5041282143533.177, "dur": 12.5, "args": {"External id": 3}}\n'
+    b"],\n"
+    b'"traceName": "x.json"}'
+)
+
+
+# --------------------------------------------------------------------------- augmentation
+def test_us_text_has_exactly_three_decimals() -> None:
+    assert bytes(augment.us_text(1_234_567)) == b"1234.567"
+    assert bytes(augment.us_text(5)) == b"0.005"
+    assert bytes(augment.us_text(-1500)) == b"-1.500"
+    assert bytes(augment.us_text(5_041_282_143_533_177)) == b"5041282143533.177"
+
+
+def test_to_unix_ns_tells_clocks_apart_by_magnitude() -> None:
+    offset = 1_700_000_000_000_000_000
+    assert augment.to_unix_ns(5_000, offset) == offset + 5_000  # monotonic
+    unix = 1_795_000_000_123_456_789
+    assert augment.to_unix_ns(unix, offset) == unix  # already Unix time
+
+
+def test_augment_keeps_kineto_bytes_and_appends_events() -> None:
+    rec = augment.TrafficRecord(
+        name="dispatch:ib",
+        collective="two_hop_dispatch",
+        hop="ib",
+        dst_bytes=(0, 4096, 0, 8192),
+        phase="dispatch(F)",
+        t0_ns=1_000,
+        t1_ns=3_500,
+        dtype="bfloat16",
+        pid=7,
+        tid=9,
+    )
+    base = 1_790_857_026_000_000_000
+    offset = base + 5_041_282_143_533_000 - 1_000  # puts t0 at ts = 5041282143533.000 us
+    ev = augment.traffic_event(rec, mono_to_unix_ns=offset, base_ns=base)
+    out = augment.augment_trace(KINETO_TEXT, {"schema_version": 1, "rank": 3}, [ev])
+    # Kineto's original text survives byte for byte (no float round trip).
+    assert b'"ts": 5041282143533.177' in out
+    doc = json.loads(out)
+    assert doc["overlapscope"] == {"schema_version": 1, "rank": 3}
+    assert doc["traceName"] == "x.json"
+    events = doc["traceEvents"]
+    assert len(events) == 2
+    traffic = events[1]
+    assert traffic["cat"] == "comm_traffic" and traffic["name"] == "dispatch:ib"
+    assert b'"ts":5041282143533.000' in out and b'"dur":2.500' in out
+    assert traffic["args"] == {
+        "collective": "two_hop_dispatch",
+        "hop": "ib",
+        "phase": "dispatch(F)",
+        "dtype": "bfloat16",
+        "dst_bytes": [0, 4096, 0, 8192],
+    }
+
+
+def test_augment_into_empty_event_list() -> None:
+    text = b'{"traceEvents": [ ]}'
+    out = augment.augment_trace(text, {"schema_version": 1}, [{"ph": "C", "name": "ring", "ts": 1}])
+    doc = json.loads(out)
+    assert doc["traceEvents"] == [{"ph": "C", "name": "ring", "ts": 1}]
+
+
+def test_rebase_event_relative_to_a_time_base() -> None:
+    base = 1_000_000_000_000_000_000
+    offset = base + 2_000_000  # monotonic 0 -> 2000 us after the trace base
+    ev = {"ph": "X", "cat": "warp_role", "name": "rdma_sender:busy", "ts": 1.25, "dur": 0.5}
+    out = augment.rebase_event(ev, mono_to_unix_ns=offset, base_ns=base, time_base_ns=10_000)
+    # 2000 us + 10 us (time base) + 1.25 us
+    assert bytes(out["ts"]) == b"2011.250"
+    assert bytes(out["dur"]) == b"0.500"
+    absolute = augment.rebase_event(
+        {"ts": 3.0}, mono_to_unix_ns=offset, base_ns=base, time_base_ns=None
+    )
+    assert bytes(absolute["ts"]) == b"2003.000"
+
+
+# --------------------------------------------------------------------------- comm stream
+def test_comm_stream_runs_in_order_on_its_own_thread() -> None:
+    seen: list[tuple[int, int]] = []
+    with ThreadCommStream() as stream:
+        futures = [
+            stream.submit(lambda i=i: seen.append((i, threading.get_native_id()))) for i in range(5)
+        ]
+        for f in futures:
+            f.result(timeout=5)
+        assert [i for i, _ in seen] == [0, 1, 2, 3, 4]
+        assert {tid for _, tid in seen} == {stream.native_id}
+        assert stream.native_id != threading.get_native_id()
+
+
+def test_comm_stream_does_not_block_the_caller_and_reraises() -> None:
+    gate = threading.Event()
+    with ThreadCommStream() as stream:
+        pending = stream.submit(lambda: gate.wait(5) and "released")
+        assert not pending.done()  # the caller got control back while the work blocks
+        gate.set()
+        assert pending.wait(timeout=5) == "released"
+        boom = stream.submit(lambda: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            boom.result(timeout=5)
+        assert stream.submit(lambda: 7).result(timeout=5) == 7  # still alive after an error
+
+
+# --------------------------------------------------------------------------- layout / config
+def test_layout_strides_expert_groups_across_nodes() -> None:
+    topo = Topology(nodes=2, gpus_per_node=4)
+    layout = RankLayout(pp=4, ep=2)
+    assert layout.ep_group(1) == [1, 5]
+    assert layout.pp_group(1) == [4, 5, 6, 7]
+    assert (layout.stage_of(6), layout.ep_index_of(6)) == (2, 1)
+    for stage in range(4):
+        assert {topo.node_of(r) for r in layout.ep_group(stage)} == {0, 1}
+    wide = RankLayout(pp=2, ep=4)  # two EP members per node
+    assert wide.ep_group(0) == [0, 2, 4, 6]
+    assert sorted(r for s in range(2) for r in wide.ep_group(s)) == list(range(8))
+
+
+def test_resolve_fills_defaults() -> None:
+    demo = resolve(RunConfig(workload="dualpipe-moe", nodes=2, gpus_per_node=4), check_import=False)
+    assert (demo.pp, demo.ep, demo.micro_batches) == (4, 2, 8)
+    ep = resolve(RunConfig(workload="ep-dispatch", nodes=2, gpus_per_node=4), check_import=False)
+    assert (ep.pp, ep.ep) == (1, 8)
+    half = resolve(RunConfig(workload="smoke", ep=2, nodes=1, gpus_per_node=4))
+    assert (half.pp, half.ep) == (2, 2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "option", "words"),
+    [
+        ({"workload": "nope"}, "--workload", "unknown workload"),
+        ({"workload": "dualpipe-moe", "pp": 3, "ep": 1, "gpus_per_node": 3}, "--pp", "even"),
+        (
+            {"workload": "dualpipe-moe", "pp": 4, "ep": 2, "nodes": 2, "micro_batches": 6},
+            "--micro-batches",
+            "at least 2 x PP = 8",
+        ),
+        (
+            {
+                "workload": "dualpipe-moe",
+                "schedule": "dualpipev",
+                "pp": 4,
+                "ep": 1,
+                "micro_batches": 7,
+            },
+            "--micro-batches",
+            "at least 2 x PP = 8",
+        ),
+        ({"workload": "smoke", "pp": 3, "ep": 2, "nodes": 2}, "--pp/--ep", "must equal"),
+        ({"workload": "ep-dispatch", "pp": 2, "nodes": 2}, "--pp", "PP must be 1"),
+        ({"workload": "smoke", "schedule": "zb"}, "--schedule", "unknown schedule"),
+        ({"workload": "smoke", "ib_gbps": 0.0}, "--ib-gbps", "positive"),
+    ],
+)
+def test_resolve_refuses_bad_configs(kwargs: dict, option: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve(RunConfig(**kwargs), check_import=False)
+    assert info.value.option == option
+    assert words in info.value.reason
+
+
+def test_1f1b_accepts_odd_pp_and_few_micro_batches() -> None:
+    cfg = RunConfig(
+        workload="dualpipe-moe", schedule="1f1b", pp=3, ep=1, gpus_per_node=3, micro_batches=3
+    )
+    assert resolve(cfg, check_import=False).micro_batches == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--workload", "nope"], "unknown workload"),
+        (["--workload", "dualpipe-moe", "--pp", "3", "--ep", "1", "--gpus-per-node", "3"], "even"),
+        (
+            [
+                "--workload",
+                "dualpipe-moe",
+                "--pp",
+                "4",
+                "--ep",
+                "2",
+                "--nodes",
+                "2",
+                "--micro-batches",
+                "4",
+            ],
+            "at least",
+        ),
+        (["--workload", "smoke", "--pp", "3", "--ep", "3", "--nodes", "2"], "must equal"),
+        (["--workload", "smoke", "--set", "novalue"], "KEY=VALUE"),
+    ],
+)
+def test_cli_refuses_bad_arguments_with_status_2(args: list[str], words: str) -> None:
+    result = CliRunner().invoke(app, ["profile", *args])
+    assert result.exit_code == 2, result.output
+    assert words in " ".join(result.output.split())
+
+
+# --------------------------------------------------------------------------- the session
+def _load(path) -> dict:
+    return json.loads(gzip.decompress(path.read_bytes()))
+
+
+def _interval(ev: dict) -> tuple[float, float]:
+    return float(ev["ts"]), float(ev["ts"]) + float(ev["dur"])
+
+
+def test_session_writes_augmented_trace_and_manifest(tmp_path) -> None:
+    topo = Topology(nodes=1, gpus_per_node=2)
+    stream = ThreadCommStream()
+
+    def comm_work(session: ProfileSession) -> None:
+        with session.annotate("dispatch(F)"):
+            t0 = now_ns()
+            torch.ones(64).sum()
+            t1 = now_ns()
+        session.record_traffic(
+            "dispatch:nvl", "two_hop_dispatch", "nvl", [0, 256], "dispatch(F)", t0, t1, "float32"
+        )
+
+    with ProfileSession(
+        tmp_path, rank=0, world_size=2, topology=topo, workload={"name": "unit"}, cuda=False
+    ) as session:
+        session.comm_tid = stream.native_id
+        with session.annotate("unit:F:mb=0:stage=0"):
+            pending = stream.submit(comm_work, session)
+            torch.randn(32, 32) @ torch.randn(32, 32)
+            pending.result(timeout=30)
+        with session.annotate("emulated_kernel"):
+            kernel_start = now_ns()
+            time.sleep(0.002)
+        session.add_events(
+            [
+                {
+                    "ph": "X",
+                    "cat": "warp_role",
+                    "name": "rdma_sender:busy",
+                    "pid": "rank 0 warps",
+                    "tid": "c0 w0",
+                    "ts": 500.0,
+                    "dur": 400.0,
+                    "args": {"role": "rdma_sender"},
+                }
+            ],
+            time_base_ns=kernel_start,
+        )
+        session.step()
+    stream.close()
+
+    path = tmp_path / "rank-0.json.gz"
+    doc = _load(path)
+    meta = doc["overlapscope"]
+    assert meta["schema_version"] == 1 and meta["rank"] == 0 and meta["world_size"] == 2
+    assert meta["topology"] == topo.to_dict()
+    assert meta["comm_tid"] == stream.native_id
+    events = doc["traceEvents"]
+    by_name = {e["name"]: e for e in events if e.get("ph") == "X"}
+    assert "ProfilerStep#0" in by_name
+    # The comm thread's annotation is on the comm thread's track (profile_all_threads).
+    assert by_name["dispatch(F)"]["tid"] == stream.native_id
+    assert by_name["unit:F:mb=0:stage=0"]["tid"] != stream.native_id
+    # Our traffic event lands inside the Kineto annotation that enclosed its timestamps.
+    traffic = [e for e in events if e.get("cat") == "comm_traffic"]
+    assert len(traffic) == 1 and traffic[0]["args"]["dst_bytes"] == [0, 256]
+    assert traffic[0]["tid"] == stream.native_id
+    a0, a1 = _interval(by_name["dispatch(F)"])
+    t0, t1 = _interval(traffic[0])
+    assert a0 <= t0 <= t1 <= a1
+    # The warp event, 0.5 ms after a time base taken inside "emulated_kernel", lies in it.
+    warp = [e for e in events if e.get("cat") == "warp_role"]
+    k0, k1 = _interval(by_name["emulated_kernel"])
+    w0, w1 = _interval(warp[0])
+    assert k0 <= w0 - 500.0 <= k1 and w1 - w0 == pytest.approx(400.0)
+    manifest = json.loads((tmp_path / "run.json").read_text())
+    assert manifest["files"] == ["rank-0.json.gz"]
+    assert manifest["ranks"][0]["trace_bytes"] == path.stat().st_size
+    assert manifest["versions"]["torch"] == torch.__version__
+    assert manifest["workload"] == {"name": "unit"}
+
+
+def test_disabled_session_writes_no_trace(tmp_path) -> None:
+    with ProfileSession(tmp_path, rank=0, world_size=1, enabled=False) as session:
+        first, second = session.annotate("a"), session.annotate("b")
+        assert first is second  # a shared no-op, nothing allocated per call
+        with first:
+            pass
+        session.record_traffic("x:nvl", "x", "nvl", [0], None, 0, 1, "float32")
+        session.step()
+    assert not (tmp_path / "rank-0.json.gz").exists()
+    manifest = json.loads((tmp_path / "run.json").read_text())
+    assert manifest["trace_enabled"] is False and manifest["files"] == [None]
+    assert manifest["ranks"][0]["steps"] == 1
+
+
+def test_record_traffic_checks_its_vector(tmp_path) -> None:
+    with ProfileSession(tmp_path, rank=0, world_size=2, write_run_json=False) as session:
+        with pytest.raises(ValueError, match="world size is 2"):
+            session.record_traffic("x:ib", "x", "ib", [1, 2, 3], None, 0, 1, "float32")
+        with pytest.raises(ValueError, match="hop"):
+            session.record_traffic("x:?", "x", "wifi", [1, 2], None, 0, 1, "float32")
+
+
+def test_msgspec_reads_the_written_file(tmp_path) -> None:
+    with ProfileSession(tmp_path, rank=0, world_size=1, write_run_json=False) as session:
+        with session.annotate("x"):
+            pass
+    raw = gzip.decompress((tmp_path / "rank-0.json.gz").read_bytes())
+    top = msgspec.json.decode(raw)
+    assert "traceEvents" in top and top["overlapscope"]["rank"] == 0
