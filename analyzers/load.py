@@ -90,6 +90,8 @@ def load_run(
     path = Path(path)
     if not path.exists():
         raise TraceError(path, "no such file or directory")
+    if path.is_file() and path.name.endswith((".csv", ".csv.gz")):
+        return _load_warp_csv(path)
     files = discover_rank_files(path) if path.is_dir() else [path]
     manifest = _read_manifest(path) if path.is_dir() else {}
     loaded: list[FileFrames] = []
@@ -99,6 +101,25 @@ def load_run(
         loaded.append(load_file(file, cache=cache))
     ranks = _assign_ranks(files, loaded)
     return _assemble(path, loaded, ranks, manifest, gpus_per_node)
+
+
+def _load_warp_csv(path: Path) -> TraceFrames:
+    """A per-warp event table (the H200 fixture CSV format) as a warp-only run."""
+    from overlapscope.analyzers.warp_csv import read_warp_csv
+
+    warps = read_warp_csv(path)
+    schemas = {
+        "activities": F.ACTIVITIES_SCHEMA, "cpu_ops": F.CPU_OPS_SCHEMA,
+        "annotations": F.ANNOTATIONS_SCHEMA, "comm_meta": F.COMM_META_SCHEMA,
+        "counters": F.COUNTERS_SCHEMA,
+    }
+    empty = {name: F.empty(schema) for name, schema in schemas.items()}
+    ranks = pl.DataFrame(
+        [{"rank": 0, "path": str(path), "n_events": warps.height}], schema=F.RANKS_SCHEMA
+    )
+    meta = {"source": str(path), "origin_ns": 0, "overlapscope": {}, "manifest": {},
+            "gpus_per_node": None, "skipped_events": 0}
+    return TraceFrames(warp_events=warps, ranks=ranks, meta=meta, **empty)
 
 
 def load_many(

@@ -31,6 +31,9 @@ TABLES: dict[str, str] = {
     "traffic": "Bytes by link class (IB / NVLink / local) per rank",
     "pipeline": "Pipeline bubbles per rank vs theory",
     "warp_roles": "Per-warp role busy / wait fractions",
+    "warp_links": "Bytes and achieved bandwidth per link vs its limit",
+    "warp_rings": "Ring full / empty fractions",
+    "warp_diagnosis": "The bottleneck role and the remedy",
 }
 
 
@@ -92,9 +95,10 @@ def build_report(
             tables["worst_kernels"] = cov.head(top)
         if frames.is_gpu:
             tables["sm_split"] = ov.sm_split(frames, rules=rules)
-    else:
+    elif frames.warp_events.is_empty():
         notes.append("no GPU activities and no host operators: nothing to measure overlap on")
     _add_optional(tables, notes, frames, hta_compat)
+    _add_warps(tables, notes, frames)
     if frames.meta.get("skipped_events"):
         notes.append(f"{frames.meta['skipped_events']} malformed events were skipped")
     if not frames.is_gpu and has_work:
@@ -113,6 +117,21 @@ def build_report(
                   notes=notes)
 
 
+def _add_warps(tables: dict[str, pl.DataFrame], notes: list[str], frames: TraceFrames) -> None:
+    """Per-warp role tables and the bottleneck diagnosis, for instrumented traces."""
+    if frames.warp_events.is_empty():
+        return
+    from overlapscope.analyzers.warps import analyze_warps
+
+    wa = analyze_warps(frames.warp_events, frames.counters, meta=frames.meta)
+    for name, df in (("warp_roles", wa.roles), ("warp_links", wa.links),
+                     ("warp_rings", wa.rings), ("warp_diagnosis", wa.diagnosis)):
+        if df.height:
+            tables[name] = df
+    if wa.text:
+        notes.append(wa.text)
+
+
 def _add_optional(
     tables: dict[str, pl.DataFrame], notes: list[str], frames: TraceFrames, hta_compat: bool
 ) -> None:
@@ -122,7 +141,6 @@ def _add_optional(
         ("kernel_breakdown", "breakdown", "kernel_breakdown", {"hta_compat": hta_compat}),
         ("traffic", "traffic", "link_split", {}),
         ("pipeline", "pipeline", "bubble_table", {}),
-        ("warp_roles", "warps", "role_summary", {}),
     ]
     for table, module, func, kwargs in calls:
         fn = _optional(module, func)

@@ -166,7 +166,10 @@ def nvl_receiver(k: DispatchState, c: int, w: int, r: int) -> RoleGen:
                 if len(ids):
                     d = n * gpn + g
                     if k.outputs is not None and rows is not None:
-                        k.outputs[d][k.plan.out_pos[ids, d]] = rows
+                        # a slot's tokens are consecutive in d's output (chunks are
+                        # contiguous token ranges): a plain slice copy suffices
+                        first = int(k.plan.out_pos[ids[0], d])
+                        k.outputs[d][first:first + len(ids)] = rows
                     k.delivered[d].append(ids)
                     nbytes = len(ids) * nb
                     t0 = clk.now

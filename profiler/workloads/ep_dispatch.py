@@ -179,7 +179,7 @@ def run(ctx: Any, session: Any, cfg: dict[str, Any]) -> dict[str, Any]:
                     [w.a_d.h.grad, w.a_d.u.grad, w.a_d.topk_weights.grad])
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(sum(float(w.loss) for w in work)))
+        losses.append(sum(w.loss.item() for w in work))
         for w in work:
             stats = routing_stats(w.a.topk_ids, n_nodes=mcfg.ep_nodes,
                                   gpus_per_node=mcfg.ep_gpus_per_node,

@@ -233,20 +233,21 @@ def test_ep_dispatch_workload_phases_threads_and_traffic(run_ranks) -> None:
     results = run_ranks(_workload_worker, 4, cfg)
     mcfg = model_config(cfg)
     assert (mcfg.n_experts, mcfg.max_nodes, mcfg.top_k) == (8, 1, 4)
-    # routing of every chunk, recomputed in this process (lr = 0: both steps route alike)
+    # routing of every chunk, recomputed in this process (lr = 0: the weights stay put)
     block = MoEBlock(mcfg, 3, 0, 0)
     topo = Topology(2, 2)
     want_ib = dict.fromkeys(range(4), 0)
-    for chunk in range(2):
-        xs = [make_batch(mcfg, 1, 6, 3, r * 2 + chunk)[0] for r in range(4)]
-        ids = block.attn_forward(torch.cat(xs)).topk_ids
-        for (src, dst), b in _expected_dispatch_bytes(ids, topo, [0, 1, 2, 3], mcfg, 6).items():
-            if topo.link(src, dst) == "ib":
-                want_ib[src] += 2 * b  # two steps
+    for step in range(2):
+        for chunk in range(2):  # the workload's micro-batch numbering
+            xs = [make_batch(mcfg, 1, 6, 3, (step * 4 + r) * 2 + chunk)[0] for r in range(4)]
+            ids = block.attn_forward(torch.cat(xs)).topk_ids
+            for (src, dst), b in _expected_dispatch_bytes(ids, topo, [0, 1, 2, 3], mcfg,
+                                                          6).items():
+                if topo.link(src, dst) == "ib":
+                    want_ib[src] += b
     comm_phases = {"dispatch(F)", "combine(F)", "combine(B)", "dispatch(B)"}
     for rank, res in enumerate(results):
         assert res["steps"] == 2 and len(res["facts"]["loss"]) == 2
-        assert res["facts"]["loss"][0] == res["facts"]["loss"][1]  # lr = 0
         names = {n for n, _ in res["spans"]}
         assert names == comm_phases | {"attn(F)", "mlp(F)", "mlp(B)", "attn(B)"}
         for name, on_main in res["spans"]:
