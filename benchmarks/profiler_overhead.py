@@ -6,11 +6,11 @@ Modes, each launched like ``overlapscope profile`` (local ranks, gloo on CPU):
 - ``no-trace``: the session with ``enabled=False`` (what ``--no-trace`` runs);
 - ``trace``: full Kineto tracing with all threads, export and augmentation.
 
-Reported per mode (median over ``--repeats`` launches, modes interleaved to share the
-machine's noise): the slowest rank's workload wall time per step (ms, excludes process
-start and export), overhead vs bare (%), trace bytes per step summed over ranks (KiB,
-gzip as written), trace export + augmentation time of the slowest rank (s), and the
-whole launch (s).
+Reported per mode (median over ``--repeats`` launches, modes interleaved and their order
+rotated to share the machine's noise): the slowest rank's workload wall time per step
+(ms, excludes process start and export), overhead vs bare (%), trace bytes per step
+summed over ranks (KiB, gzip as written), trace export + augmentation time of the
+slowest rank (s), and the whole launch (s).
 
     python benchmarks/profiler_overhead.py --nodes 2 --gpus-per-node 2 --steps 6 --repeats 3
 """
@@ -48,7 +48,8 @@ def measure(base: RunConfig, repeats: int) -> dict[str, dict[str, float]]:
     samples: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
     with tempfile.TemporaryDirectory(prefix="overhead-") as tmp:
         for rep in range(repeats):
-            for mode in MODES:
+            # Rotate the order so no mode always runs first (warm caches, quieter machine).
+            for mode in MODES[rep % 3 :] + MODES[: rep % 3]:
                 samples[mode].append(_launch(base, mode, Path(tmp) / f"{mode}-{rep}"))
     return {
         mode: {k: statistics.median(s[k] for s in runs) for k in runs[0]}

@@ -17,6 +17,7 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import torch
@@ -52,7 +53,10 @@ class CommFuture:
 
     def result(self, timeout: float | None = None) -> Any:
         """The callable's return value (its exception is re-raised here)."""
-        value = self._future.result(timeout)
+        try:
+            value = self._future.result(timeout)
+        except FutureTimeout:
+            raise TimeoutError(f"comm stream work not finished after {timeout} s") from None
         if self._event_box:
             torch.cuda.current_stream().wait_event(self._event_box[0])
         return value

@@ -183,6 +183,17 @@ class EPGroup:
     hook: TrafficHook | None = None
 
 
+def make_ep_group(topology: Topology, ranks: list[int] | None, rank: int, n_experts: int,
+                  group: Any = None, hook: TrafficHook | None = None) -> EPGroup:
+    """:class:`EPGroup` of ``rank`` in the EP group ``ranks`` (None: the whole world).
+
+    ``group`` must be a process group containing exactly ``ranks`` (or the default
+    group when they are the whole world); use a dedicated one when dispatch runs
+    on a comm thread.
+    """
+    return EPGroup(EPLayout.build(topology, ranks, rank, n_experts), group, hook)
+
+
 # --------------------------------------------------------------------------- exchange
 
 

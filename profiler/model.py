@@ -23,6 +23,19 @@ The pieces a DualPipe-style overlapped chunk needs are separate methods of
 :func:`build_stage` builds pipeline stage ``s`` of ``n`` (``blocks_per_stage``
 blocks; the last stage adds a norm + linear head and is scored with
 :func:`stage_loss`).
+
+Overlapped chunk, by hand (``comm`` = the rank's comm stream)::
+
+    a = block.attn_forward(x)                                  # attn(F)
+    r = comm.submit(block.dispatch_forward, a).result()        # dispatch(F)
+    partial = block.mlp_forward(r); s = block.shared_forward(a)  # mlp(F)
+    c = comm.submit(block.combine_forward, r, partial).result()  # combine(F)
+    y = block.finish(a, s, c)
+
+An EP-sharded stage for rank ``r`` of EP group ``ranks``::
+
+    ep = make_ep_group(topology, ranks, r, cfg.n_experts, group=pg, hook=session)
+    stage = build_stage(cfg.for_ep(ep.layout.shape), s, n, seed, ep)
 """
 
 from __future__ import annotations
@@ -94,6 +107,11 @@ class ModelConfig:
     @property
     def ep_shape(self) -> EPShape:
         return EPShape(self.ep_nodes, self.ep_gpus_per_node, self.n_experts)
+
+    def for_ep(self, shape: EPShape) -> ModelConfig:
+        """A copy whose expert placement is ``shape`` (the EP group's nodes x GPUs)."""
+        return replace(self, ep_nodes=shape.n_nodes, ep_gpus_per_node=shape.gpus_per_node,
+                       max_nodes=min(self.max_nodes, shape.n_nodes))
 
     def with_(self, **changes: Any) -> ModelConfig:
         """A copy with some fields changed."""

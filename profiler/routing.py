@@ -150,7 +150,9 @@ def routing_stats(
     nodes = node_hit.sum(-1)
     own = _per_token(src_node, n_tokens, dev)
     ib = nodes - node_hit.gather(1, own[:, None]).squeeze(1).long()
-    per_token: dict[str, torch.Tensor] = {"nodes": nodes, "gpus": per_node_gpus.sum(-1), "ib_copies": ib}
+    per_token: dict[str, torch.Tensor] = {
+        "nodes": nodes, "gpus": per_node_gpus.sum(-1), "ib_copies": ib,
+    }
 
     def mean(t: torch.Tensor) -> float:
         return float(t.double().mean()) if t.numel() else 0.0

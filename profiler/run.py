@@ -239,6 +239,7 @@ class _BareSession:
 
     def __init__(self) -> None:
         self.steps = 0
+        self.schedule: dict[str, Any] | None = None
 
     def annotate(self, name: str) -> contextlib.AbstractContextManager[Any]:
         return contextlib.nullcontext()
@@ -457,7 +458,8 @@ def _child(cfg_dict: dict[str, Any], rank: int, port: int, q: Any, log_path: str
         q.put({"kind": "done", "rank": rank, "result": facts})
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, then exit 1
         traceback.print_exc()
-        q.put({"kind": "failed", "rank": rank, "error": f"{type(exc).__name__}: {exc}"})
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        q.put({"kind": "failed", "rank": rank, "error": text})
         code = 1
     # Flush the queue, then leave without running teardown that could block on peers.
     q.close()
@@ -468,6 +470,8 @@ def _child(cfg_dict: dict[str, Any], rank: int, port: int, q: Any, log_path: str
 
 
 def _exit_reason(code: int) -> str:
+    if code == 0:
+        return "exited without reporting a result"
     if code < 0:
         try:
             return f"killed by signal {signal.Signals(-code).name}"
@@ -480,7 +484,10 @@ def _mp_context() -> Any:
     """A forkserver that imports torch once; children fork from it (spawn elsewhere)."""
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["torch", "overlapscope.profiler.session"])
+        # torch.profiler imports torch._inductor on first start (~1.5 s per rank): do it once.
+        ctx.set_forkserver_preload(
+            ["torch", "torch._inductor.config", "overlapscope.profiler.session"]
+        )
         return ctx
     return mp.get_context("spawn")
 
@@ -536,27 +543,31 @@ def run_local(cfg: RunConfig, on_event: EventFn | None = None) -> dict[str, Any]
     deadline = time.monotonic() + cfg.timeout_s
     try:
         while len(results) < world and failure is None:
-            try:
-                ev = q.get(timeout=0.2)
-            except _queue.Empty:
-                ev = None
-            if ev is not None and ev["kind"] == "done":
-                results[ev["rank"]] = ev["result"]
-            if ev is not None and ev["kind"] != "failed":
-                emit(ev)
-                continue
-            died = [r for r, p in enumerate(procs) if r not in results and p.exitcode is not None]
-            if ev is not None or died:
-                failure = _root_failure(q, procs, results, [ev] if ev else [], logs)
-            elif time.monotonic() > deadline:
+            if time.monotonic() > deadline:
                 missing = [r for r in range(world) if r not in results]
                 failure = LaunchError(
                     missing[0] if len(missing) == 1 else None,
                     f"timed out after {cfg.timeout_s:.0f} s; ranks not finished: {missing}",
                 )
-    finally:
-        if failure is not None:
-            _stop_all(procs)
+                break
+            try:
+                ev = q.get(timeout=0.2)
+            except _queue.Empty:
+                # Only with an empty queue: a finished rank's "done" may still be in flight.
+                if any(r not in results and p.exitcode is not None for r, p in enumerate(procs)):
+                    failure = _root_failure(q, procs, results, [], logs)
+                continue
+            if ev["kind"] == "failed":
+                failure = _root_failure(q, procs, results, [ev], logs)
+                continue
+            if ev["kind"] == "done":
+                results[ev["rank"]] = ev["result"]
+            emit(ev)
+    except BaseException:
+        _stop_all(procs)
+        raise
+    if failure is not None:
+        _stop_all(procs)
     if failure is not None:
         emit({"kind": "failed", "rank": failure.rank, "error": failure.reason})
         raise failure
@@ -585,7 +596,8 @@ def _root_failure(
     When one rank dies its peers fail soon after with connection errors, so messages and
     exit codes are collected for about a second; a rank that died without reporting
     (killed, ``os._exit``) is blamed first, then the first reported error that is not a
-    lost-peer symptom, then the first reported error.
+    lost-peer symptom, then a rank still running silently while its peers timed out, then
+    the first reported error.
     """
     end = time.monotonic() + 1.0
     while time.monotonic() < end:
@@ -595,19 +607,30 @@ def _root_failure(
             continue
         if ev.get("kind") == "failed":
             events.append(ev)
+        elif ev.get("kind") == "done":
+            results[ev["rank"]] = ev["result"]
     reported = {ev["rank"] for ev in events}
-    silent = [
-        r
-        for r, p in enumerate(procs)
-        if r not in results and r not in reported and p.exitcode not in (None, 0)
-    ]
+    silent = sorted(
+        (r for r, p in enumerate(procs) if r not in results and r not in reported),
+        key=lambda r: (procs[r].exitcode in (None, 0), r),  # killed / non-zero first
+    )
+    silent = [r for r in silent if procs[r].exitcode is not None]
     others = sorted(reported | set(silent))
     if silent:
         rank, reason = silent[0], _exit_reason(procs[silent[0]].exitcode)
     else:
         primary = [ev for ev in events if not any(k in ev["error"].lower() for k in _PEER_LOSS)]
+        stuck = [
+            r
+            for r, p in enumerate(procs)
+            if r not in results and r not in reported and p.is_alive()
+        ]
         first = (primary or events)[0]
-        rank, reason = first["rank"], first["error"]
+        if not primary and stuck:
+            # Peers gave up waiting (collective timeout) on a rank that is still running.
+            rank, reason = stuck[0], f"stopped responding; its peers failed with: {first['error']}"
+        else:
+            rank, reason = first["rank"], first["error"]
     rest = [r for r in others if r != rank]
     if rest:
         reason += f" (then ranks {rest} failed too)"

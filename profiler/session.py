@@ -139,9 +139,12 @@ class ProfileSession:
     """One rank's profiling session; see the module docstring for an example.
 
     ``workload`` / ``schedule`` are free-form dicts copied into the trace's
-    ``"overlapscope"`` member and into ``run.json``; ``topology`` defaults to one node
-    holding every rank. ``write_run_json`` gathers per-rank facts on rank 0 (a
-    collective: every rank must close its session) and writes ``run.json``.
+    ``"overlapscope"`` member and into ``run.json`` (a workload may update them while it
+    runs); ``topology`` defaults to one node holding every rank. ``enabled=False`` traces
+    nothing; ``cuda`` adds the CUDA activity (default: when available); ``skip_steps``
+    leaves the first steps unrecorded (warm-up); ``progress`` receives step/status
+    events; ``write_run_json`` gathers per-rank facts on rank 0 (a collective: every rank
+    must close its session) and writes ``run.json``, adding ``run_facts`` to it.
     """
 
     def __init__(

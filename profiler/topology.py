@@ -35,7 +35,9 @@ class Topology:
         for name in ("ib_gbps", "nvl_gbps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise ValueError(f"Topology: {name} must be a positive number (GB/s), got {value!r}")
+                raise ValueError(
+                    f"Topology: {name} must be a positive number (GB/s), got {value!r}"
+                )
 
     @property
     def world_size(self) -> int:

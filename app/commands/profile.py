@@ -89,7 +89,8 @@ def _summary(console: Console, out: Path, results: list[dict[str, Any]], wall_s:
         )
     console.print(table)
     console.print(f"manifest: {out / 'run.json'}   total wall time: {wall_s:.1f} s")
-    console.print(f"next: overlapscope analyze {out}")
+    if any(r.get("file") for r in results):
+        console.print(f"next: overlapscope analyze {out}")
 
 
 def register(app: typer.Typer) -> None:
@@ -128,6 +129,9 @@ def register(app: typer.Typer) -> None:
         timeout: Annotated[
             float, typer.Option(help="Seconds before the whole launch is abandoned.")
         ] = 600.0,
+        collective_timeout: Annotated[
+            float, typer.Option(help="Seconds a rank waits in a collective before failing.")
+        ] = 120.0,
         set_: Annotated[
             list[str] | None,
             typer.Option(
@@ -171,6 +175,7 @@ def register(app: typer.Typer) -> None:
             out=out,
             trace=not no_trace,
             timeout_s=timeout,
+            collective_timeout_s=collective_timeout,
             extra=extra,
         )
         try:

@@ -27,8 +27,10 @@ optional ``model`` (dict of :class:`model.ModelConfig` fields; EP shape filled i
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -41,15 +43,9 @@ from overlapscope.profiler.schedules.executor import PipelineExecutor
 from overlapscope.profiler.schedules.p2p import P2P
 from overlapscope.profiler.schedules.wgrad import STORE, DeferredLinear
 
-_NULL_ANNOTATE: Callable[[str], Any] = lambda name: _Null()  # noqa: E731
 
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+def _no_annotation(name: str) -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext()
 
 
 def defer_linears(module: nn.Module) -> nn.Module:
@@ -93,7 +89,7 @@ class PhasedStage(nn.Module):
     """Wraps a :class:`model.Stage`; remembers each forward's component boundaries on its
     output tensor so an overlapped pair can run the backward component by component."""
 
-    def __init__(self, stage: Stage, annotate: Callable[[str], Any] = _NULL_ANNOTATE) -> None:
+    def __init__(self, stage: Stage, annotate: Callable[[str], Any] = _no_annotation) -> None:
         super().__init__()
         self.stage = defer_linears(stage)
         self.annotate = annotate
@@ -110,23 +106,36 @@ class PhasedStage(nn.Module):
             records.append(rec)
         return self._head(x, records)
 
+    # Each component reads its inputs through fresh views (aliases) of the tensors it
+    # shares with others (u feeds the gate, dispatch and the shared expert; h feeds the
+    # attention output and the residual). A component's backward then asks autograd for
+    # gradients w.r.t. its own aliases only, so it stops at its boundary instead of
+    # following the total derivative through the other components.
     @staticmethod
-    def _attn(block: nn.Module, rec: dict[str, Any]) -> None:
+    def _alias(t: torch.Tensor) -> torch.Tensor:
+        return t.view_as(t)
+
+    @classmethod
+    def _attn(cls, block: nn.Module, rec: dict[str, Any]) -> None:
         rec["a"] = block.attn_forward(rec["x"])
 
-    @staticmethod
-    def _dispatch(block: nn.Module, rec: dict[str, Any]) -> None:
-        rec["r"] = block.dispatch_forward(rec["a"])
+    @classmethod
+    def _dispatch(cls, block: nn.Module, rec: dict[str, Any]) -> None:
+        a = rec["a"]
+        rec["a_d"] = replace(a, u=cls._alias(a.u), topk_weights=cls._alias(a.topk_weights))
+        rec["r"] = block.dispatch_forward(rec["a_d"])
 
-    @staticmethod
-    def _mlp(block: nn.Module, rec: dict[str, Any]) -> None:
+    @classmethod
+    def _mlp(cls, block: nn.Module, rec: dict[str, Any]) -> None:
         rec["partial"] = block.mlp_forward(rec["r"])
-        rec["shared"] = block.shared_forward(rec["a"])
+        rec["a_m"] = replace(rec["a"], u=cls._alias(rec["a"].u))
+        rec["shared"] = block.shared_forward(rec["a_m"])
 
-    @staticmethod
-    def _combine(block: nn.Module, rec: dict[str, Any]) -> torch.Tensor:
+    @classmethod
+    def _combine(cls, block: nn.Module, rec: dict[str, Any]) -> torch.Tensor:
         combined = block.combine_forward(rec["r"], rec["partial"])
-        rec["y"] = block.finish(rec["a"], rec["shared"], combined)
+        rec["a_c"] = replace(rec["a"], h=cls._alias(rec["a"].h))
+        rec["y"] = block.finish(rec["a_c"], rec["shared"], combined)
         return rec["y"]
 
     def _head(self, x: torch.Tensor, records: list[dict[str, Any]]) -> torch.Tensor:
@@ -143,18 +152,18 @@ class PhasedStage(nn.Module):
         return [p for m in mods for p in m.parameters()]
 
     def _combine_b(self, block: nn.Module, rec: dict[str, Any], g: dict[str, Any]) -> None:
-        a = rec["a"]
-        gp, gs, gh = _grads([rec["y"]], [g.pop("y")], [rec["partial"], rec["shared"], a.h], [])
+        gp, gs, gh = _grads([rec["y"]], [g.pop("y")],
+                            [rec["partial"], rec["shared"], rec["a_c"].h], [])
         g.update(partial=gp, shared=gs, h=gh)
 
     def _mlp_b(self, block: nn.Module, rec: dict[str, Any], g: dict[str, Any]) -> None:
-        r, a = rec["r"], rec["a"]
+        r, a = rec["r"], rec["a_m"]
         grx, grw, gu = _grads([rec["partial"], rec["shared"]], [g.pop("partial"), g.pop("shared")],
                               [r.recv_x, r.recv_w, a.u], self._params(block.experts, block.shared))
         g.update(recv_x=grx, recv_w=grw, u=gu)
 
     def _dispatch_b(self, block: nn.Module, rec: dict[str, Any], g: dict[str, Any]) -> None:
-        r, a = rec["r"], rec["a"]
+        r, a = rec["r"], rec["a_d"]
         gu, gw = _grads([r.recv_x, r.recv_w], [g.pop("recv_x"), g.pop("recv_w")],
                         [a.u, a.topk_weights], [])
         g["u"] = _add(g.get("u"), gu)
@@ -231,6 +240,19 @@ class PhasedStage(nn.Module):
         out_f = module_f._head(x, fwd_recs)
         loss_f = criterion_f(out_f, label_f) if criterion_f is not None else None
         return out_f, loss_f
+
+
+def global_named_parameters(stage: Stage) -> list[tuple[str, nn.Parameter]]:
+    """``named_parameters`` with routed experts named by their global expert id (a
+    sharded block numbers its local experts from 0)."""
+    out = []
+    for name, p in stage.named_parameters():
+        parts = name.split(".")
+        if len(parts) > 3 and parts[0] == "blocks" and parts[2] == "experts":
+            block = stage.blocks[int(parts[1])]
+            parts[3] = str(block.first_expert + int(parts[3]))
+        out.append((".".join(parts), p))
+    return out
 
 
 def validate(cfg: dict[str, Any]) -> None:
@@ -311,7 +333,7 @@ def run(ctx: Any, session: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     if cfg.get("return_grads"):
         facts["grads"] = {
             f"{sched.stage(pipe_rank, c)}:{name}": float(p.grad.double().sum())
-            for c, m in enumerate(modules) for name, p in m.stage.named_parameters()
+            for c, m in enumerate(modules) for name, p in global_named_parameters(m.stage)
             if p.grad is not None
         }
     return facts

@@ -9,8 +9,8 @@ all-reduce traffic model (each rank sends ``2 (W-1)/W * nbytes`` to its successo
 Config keys (all optional): ``steps`` (2), ``micro_batches`` (2), ``dim`` (matrix size, 192),
 ``matmuls`` (per micro-batch, 6), ``comm_elems`` (float32 elements all-reduced, 262144),
 ``seed`` (0). Failure injection for tests: ``fail_rank`` (rank that fails), ``fail_step``
-(0-based step, 0), ``fail_mode``: "raise" (exception), "exit" (``os._exit(3)``) or "kill"
-(SIGKILL to itself), applied before that step's first all-reduce.
+(0-based step, 0), ``fail_mode``: "raise" (exception), "exit" (``os._exit(3)``), "kill"
+(SIGKILL to itself) or "hang" (sleeps), applied before that step's first all-reduce.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ def _fail(mode: str, rank: int) -> None:
         os._exit(3)
     if mode == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if mode == "hang":
+        time.sleep(3600)
     raise RuntimeError(f"smoke: injected failure on rank {rank}")
 
 

@@ -32,7 +32,8 @@ TOL = {"rtol": 1e-10, "atol": 1e-10}
 
 
 def _config(nodes: int, gpn: int) -> ModelConfig:
-    return ModelConfig(hidden=16, n_heads=2, expert_ffn=12, shared_ffn=16, n_experts=2 * nodes * gpn,
+    return ModelConfig(hidden=16, n_heads=2, expert_ffn=12, shared_ffn=16,
+                       n_experts=2 * nodes * gpn,
                        top_k=3, max_nodes=min(2, nodes), ep_nodes=nodes, ep_gpus_per_node=gpn,
                        dtype="float64")
 
@@ -259,3 +260,34 @@ def test_ep_dispatch_workload_phases_threads_and_traffic(run_ranks) -> None:
         phases = {(t["phase"], t["collective"]) for t in res["traffic"]}
         assert {("combine(F)", "two_hop_combine"), ("combine(B)", "two_hop_dispatch"),
                 ("dispatch(B)", "two_hop_combine")} <= phases
+
+
+@pytest.mark.gpu
+def test_two_hop_on_cuda_with_nccl_matches_cpu_reference() -> None:
+    """One nccl rank on the GPU (a machine has one GPU per rank): the device path of the
+    exchanges, plan and autograd functions. Tolerance: CUDA float64 GEMMs sum in another
+    order than the CPU reference, so results agree to ~1e-15 relative, not bitwise."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from gloo_ranks import free_port
+
+    dev = torch.device("cuda", 0)
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
+                            world_size=1, device_id=dev)
+    try:
+        cfg = _config(1, 1).with_(n_experts=4, top_k=2, max_nodes=1)
+        log = TrafficLog()
+        block = MoEBlock(cfg, SEED, 0, 0,
+                         EPGroup(EPLayout.build(Topology(1, 1), None, 0, 4), None, log)).to(dev)
+        ref = MoEBlock(cfg, SEED, 0, 0)
+        x, target = make_batch(cfg, BATCH, SEQ, SEED, 0)
+        xg = x.to(dev).requires_grad_(True)
+        (block(xg) * target.to(dev)).sum().backward()
+        xc = x.clone().requires_grad_(True)
+        (ref(xc) * target).sum().backward()
+        torch.testing.assert_close(xg.grad.cpu(), xc.grad, **TOL)
+        for (name, p), q in zip(block.named_parameters(), ref.parameters(), strict=True):
+            torch.testing.assert_close(p.grad.cpu(), q.grad, **TOL, msg=name)
+        assert log.records and all(r["hop"] == "local" for r in log.records)
+    finally:
+        dist.destroy_process_group()

@@ -245,3 +245,37 @@ def test_cuda_comm_stream_orders_side_stream_work() -> None:
         # The caller's stream waits for the side stream: the value is ready and correct.
         assert torch.allclose(value, (x @ x).sum(), rtol=1e-3)
         assert torch.cuda.current_stream(device) != stream.stream
+
+
+@pytest.mark.slow
+def test_a_hanging_rank_is_named_after_the_collective_timeout(tmp_path: Path) -> None:
+    cfg = RunConfig(
+        workload="smoke",
+        nodes=1,
+        gpus_per_node=3,
+        out=str(tmp_path / "hang"),
+        timeout_s=100,
+        collective_timeout_s=4,
+        extra={"fail_rank": 1, "fail_mode": "hang", "comm_elems": 1024},
+    )
+    with pytest.raises(LaunchError) as info:
+        run_local(cfg)
+    assert info.value.rank == 1
+    assert "stopped responding" in info.value.reason
+
+
+@pytest.mark.slow
+def test_the_whole_launch_times_out(tmp_path: Path) -> None:
+    cfg = RunConfig(
+        workload="smoke",
+        nodes=1,
+        gpus_per_node=2,
+        out=str(tmp_path / "slow"),
+        timeout_s=3,
+        collective_timeout_s=60,
+        extra={"fail_rank": 0, "fail_mode": "hang", "comm_elems": 1024},
+    )
+    with pytest.raises(LaunchError) as info:
+        run_local(cfg)
+    assert "timed out after 3 s" in info.value.reason
+    assert "[0, 1]" in info.value.reason

@@ -193,6 +193,13 @@ def test_cpu_only_gloo_trace() -> None:
     send = ops.filter(pl.col("name") == "c10d::send")
     assert set(send["comm_type"].to_list()) <= {"gloo", "c10d"}
     assert send["tid"].to_list() != ops.filter(pl.col("name") == "aten::mm")["tid"].to_list()
+    # Host-side overlap (CPU-only traces use host ops): compute = aten ops
+    # [0, 100] ∪ [1, 2] ∪ [110, 120] = 110 us, comm = c10d ops [20, 60] ∪ [70, 130] = 100 us,
+    # O = [20, 60] + [70, 100] + [110, 120] = 80 us; window [0, 130] fully busy.
+    rows = overlap_summary(f)
+    assert rows.height == 1
+    assert_summary(rows.row(0, named=True), span=130_000, compute=110_000, comm=100_000,
+                   overlap=80_000, idle=0)
 
 
 def test_two_gpus_in_one_file() -> None:

@@ -339,3 +339,17 @@ def test_msgspec_reads_the_written_file(tmp_path) -> None:
     raw = gzip.decompress((tmp_path / "rank-0.json.gz").read_bytes())
     top = msgspec.json.decode(raw)
     assert "traceEvents" in top and top["overlapscope"]["rank"] == 0
+
+
+def test_skipped_warmup_steps_are_not_recorded(tmp_path) -> None:
+    with ProfileSession(tmp_path, rank=0, world_size=1, skip_steps=1, write_run_json=False) as s:
+        with s.annotate("warmup_step"):
+            s.record_traffic("x:local", "x", "local", [1], None, now_ns(), now_ns(), "float32")
+        s.step()
+        with s.annotate("measured_step"):
+            s.record_traffic("y:local", "y", "local", [2], None, now_ns(), now_ns(), "float32")
+        s.step()
+    events = _load(tmp_path / "rank-0.json.gz")["traceEvents"]
+    names = {e.get("name") for e in events}
+    assert "measured_step" in names and "warmup_step" not in names
+    assert [e["name"] for e in events if e.get("cat") == "comm_traffic"] == ["y:local"]
