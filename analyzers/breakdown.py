@@ -18,6 +18,7 @@ from __future__ import annotations
 from itertools import combinations
 
 import polars as pl
+
 from overlapscope.analyzers import intervals
 from overlapscope.analyzers.classify import classify_frames
 from overlapscope.analyzers.frames import TraceFrames

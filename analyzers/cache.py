@@ -79,8 +79,17 @@ def store(path: Path, ff: FileFrames) -> None:
             getattr(ff, name).write_parquet(tmp / f"{name}.parquet", compression="lz4")
         meta = {
             k: getattr(ff, k)
-            for k in ("rank", "world_size", "backend", "num_sms", "device_name", "n_events",
-                      "base_time_ns", "overlapscope", "skipped_events")
+            for k in (
+                "rank",
+                "world_size",
+                "backend",
+                "num_sms",
+                "device_name",
+                "n_events",
+                "base_time_ns",
+                "overlapscope",
+                "skipped_events",
+            )
         }
         (tmp / "meta.json").write_text(json.dumps(meta))
         try:

@@ -69,12 +69,21 @@ def _parse(path: Path) -> tuple[list[Rule], dict[str, Any]]:
         if applies not in ("gpu", "host"):
             raise RuleError(f"{path}: rule {rid!r} applies_to must be 'gpu' or 'host'")
         if not any(raw.get(k) for k in ("func", "qualname", "name", "cat")):
-            raise RuleError(f"{path}: rule {rid!r} tests nothing (give func, qualname, name or cat)")
-        rules.append(Rule(
-            id=rid, kind=kind, applies_to=applies, comm_type=raw.get("comm_type"),
-            func=raw.get("func"), qualname=raw.get("qualname"), name=raw.get("name"),
-            cat=tuple(str(c).lower() for c in raw.get("cat", [])),
-        ))
+            raise RuleError(
+                f"{path}: rule {rid!r} tests nothing (give func, qualname, name or cat)"
+            )
+        rules.append(
+            Rule(
+                id=rid,
+                kind=kind,
+                applies_to=applies,
+                comm_type=raw.get("comm_type"),
+                func=raw.get("func"),
+                qualname=raw.get("qualname"),
+                name=raw.get("name"),
+                cat=tuple(str(c).lower() for c in raw.get("cat", [])),
+            )
+        )
     return rules, data.get("settings", {})
 
 
@@ -156,18 +165,24 @@ def classify_cpu_ops(cpu_ops: pl.DataFrame, rules: RuleSet | None = None) -> pl.
     out = _apply(cpu_ops, host_rules, "other")
     # Runtime/driver API calls and python frames are neither compute nor comm work.
     return out.with_columns(
-        pl.when(pl.col("rule") == "default").then(pl.lit("other")).otherwise(pl.col("kind"))
+        pl.when(pl.col("rule") == "default")
+        .then(pl.lit("other"))
+        .otherwise(pl.col("kind"))
         .alias("kind")
     )
 
 
 def _promote_by_launch(acts: pl.DataFrame, cpu_ops: pl.DataFrame) -> pl.DataFrame:
     """Activities launched inside a host comm op (e.g. NCCL's memcpy) become comm."""
-    launches = cpu_ops.filter(pl.col("correlation").is_not_null()).select(
-        "rank", "pid", "correlation", pl.col("ts_ns").alias("launch_ns")
-    ).unique(subset=["rank", "correlation"], keep="first")
+    launches = (
+        cpu_ops.filter(pl.col("correlation").is_not_null())
+        .select("rank", "pid", "correlation", pl.col("ts_ns").alias("launch_ns"))
+        .unique(subset=["rank", "correlation"], keep="first")
+    )
     comm_ops = cpu_ops.filter(pl.col("name").str.contains(HOST_COMM_LAUNCH)).select(
-        "rank", "pid", pl.col("ts_ns").alias("c_start"),
+        "rank",
+        "pid",
+        pl.col("ts_ns").alias("c_start"),
         (pl.col("ts_ns") + pl.col("dur_ns").clip(0)).alias("c_end"),
         pl.col("name").alias("c_name"),
     )
@@ -177,10 +192,13 @@ def _promote_by_launch(acts: pl.DataFrame, cpu_ops: pl.DataFrame) -> pl.DataFram
         launches, comm_ops, by=["rank", "pid"], point="launch_ns", start="c_start", end="c_end"
     )
     hits = (
-        pl.concat([
-            take(launches, pairs["point_row"]).select("rank", "correlation"),
-            take(comm_ops, pairs["interval_row"]).select("c_name"),
-        ], how="horizontal")
+        pl.concat(
+            [
+                take(launches, pairs["point_row"]).select("rank", "correlation"),
+                take(comm_ops, pairs["interval_row"]).select("c_name"),
+            ],
+            how="horizontal",
+        )
         .group_by("rank", "correlation")
         .agg(pl.col("c_name"))
     )
@@ -197,7 +215,9 @@ def _promote_by_launch(acts: pl.DataFrame, cpu_ops: pl.DataFrame) -> pl.DataFram
     return out.with_columns(
         pl.when(promote).then(pl.lit("comm")).otherwise(pl.col("kind")).alias("kind"),
         pl.when(promote).then(ctype).otherwise(pl.col("comm_type")).alias("comm_type"),
-        pl.when(promote).then(pl.lit("launched-in-comm-op")).otherwise(pl.col("rule"))
+        pl.when(promote)
+        .then(pl.lit("launched-in-comm-op"))
+        .otherwise(pl.col("rule"))
         .alias("rule"),
     ).drop("c_name")
 
@@ -242,8 +262,10 @@ def _promote_comm_streams(acts: pl.DataFrame, share: float, copies: bool) -> pl.
     if share > 1.0:
         return acts
     stats = _stream_stats(acts)
-    main = stats.sort("compute_ns", descending=True).group_by("rank", "device").agg(
-        pl.col("stream").first().alias("main_stream")
+    main = (
+        stats.sort("compute_ns", descending=True)
+        .group_by("rank", "device")
+        .agg(pl.col("stream").first().alias("main_stream"))
     )
     comm_streams = (
         stats.join(main, on=["rank", "device"], how="left")

@@ -114,7 +114,8 @@ COUNTERS_SCHEMA: dict[str, pl.DataType] = {
     "value": pl.Float64,
 }
 
-#: One row per trace file of the run.
+#: One row per trace file of the run. ``comm_tid`` is the thread an overlapscope
+#: profiler dedicated to communication (its "comm stream" on CPU), when declared.
 RANKS_SCHEMA: dict[str, pl.DataType] = {
     "rank": pl.Int32,
     "path": pl.Utf8,
@@ -124,6 +125,7 @@ RANKS_SCHEMA: dict[str, pl.DataType] = {
     "device_name": pl.Utf8,
     "origin_ns": pl.Int64,
     "base_time_ns": pl.Int64,
+    "comm_tid": pl.Utf8,
     "n_events": pl.Int64,
 }
 

@@ -118,6 +118,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import polars as pl
+
 from overlapscope.analyzers.frames import TraceFrames
 
 #: HTA's communication kernel pattern (rule 1), matched at the start of the name.

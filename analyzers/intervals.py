@@ -126,7 +126,11 @@ def covered(rows: pl.DataFrame, cover: pl.DataFrame, by: list[str]) -> pl.Series
     def cum_at(col: str) -> pl.Series:
         pts = rows.select(*by, pl.col(col).alias("_t")).with_row_index("_i").sort("_t")
         j = pts.join_asof(
-            u.sort(START), left_on="_t", right_on=START, by=by or None, strategy="backward",
+            u.sort(START),
+            left_on="_t",
+            right_on=START,
+            by=by or None,
+            strategy="backward",
             check_sortedness=False,
         )
         val = (

@@ -210,7 +210,9 @@ def _convert_event(ev: Any) -> TraceEvent | None:
     except msgspec.ValidationError:
         pass
     try:
-        return msgspec.convert({k: v for k, v in ev.items() if k != "args"}, TraceEvent, strict=False)
+        return msgspec.convert(
+            {k: v for k, v in ev.items() if k != "args"}, TraceEvent, strict=False
+        )
     except msgspec.ValidationError:
         return None
 
@@ -279,7 +281,8 @@ def _build_frames(
         .alias("group")
     )
     index: dict[str, np.ndarray] = {
-        g: sub["i"].to_numpy() for g, sub in groups.group_by("group", maintain_order=True)
+        g: sub["i"].to_numpy()
+        for g, sub in groups.group_by("group", maintain_order=True)
         for g in [g[0]]
     }
     take = np.empty(0, dtype=np.int64)
@@ -290,7 +293,9 @@ def _build_frames(
         return sub, ts_ns[idx], dur_ns[idx]
 
     host_sub, host_ts, host_dur = pick("host")
-    rpc = np.array([i for i, e in enumerate(host_sub) if e.name == "record_param_comms"], dtype=np.int64)
+    rpc = np.array(
+        [i for i, e in enumerate(host_sub) if e.name == "record_param_comms"], dtype=np.int64
+    )
     traffic_sub, traffic_ts, traffic_dur = pick("traffic")
     return {
         "activities": _gpu_frame(*pick("gpu")),
@@ -359,8 +364,12 @@ def _host_frame(sub: list[TraceEvent], ts: np.ndarray, dur: np.ndarray) -> pl.Da
         "correlation": _as_int(list(map(attrgetter("correlation"), args))),
         "external_id": _as_int(list(map(attrgetter("external_id"), args))),
         # Inputs matter only for communication ops (peers, tags, sizes): skip the rest.
-        "inputs": _raw_text([a.concrete_inputs if c else None for a, c in zip(args, comm, strict=True)]),
-        "input_dims": _raw_text([a.input_dims if c else None for a, c in zip(args, comm, strict=True)]),
+        "inputs": _raw_text(
+            [a.concrete_inputs if c else None for a, c in zip(args, comm, strict=True)]
+        ),
+        "input_dims": _raw_text(
+            [a.input_dims if c else None for a, c in zip(args, comm, strict=True)]
+        ),
     }
     return pl.DataFrame(cols, schema=F.CPU_OPS_SCHEMA, strict=False)
 
@@ -368,9 +377,7 @@ def _host_frame(sub: list[TraceEvent], ts: np.ndarray, dur: np.ndarray) -> pl.Da
 def _comm_meta_frame(rows: list[TraceEvent], ts: np.ndarray, dur: np.ndarray) -> pl.DataFrame:
     """NCCL record_param_comms ops and overlapscope comm_traffic events."""
     args = _args(rows)
-    collective = [
-        a.collective if a.collective is not None else a.collective_name for a in args
-    ]
+    collective = [a.collective if a.collective is not None else a.collective_name for a in args]
     cols = {
         "rank": pl.Series([None] * len(rows), dtype=pl.Int32),
         "tid": _as_str([e.tid for e in rows]),
@@ -384,9 +391,7 @@ def _comm_meta_frame(rows: list[TraceEvent], ts: np.ndarray, dur: np.ndarray) ->
         "group_size": _as_int([a.group_size for a in args]),
         "pg_name": _as_str([a.pg_name for a in args]),
         "phase": [a.phase for a in args],
-        "dst_bytes": [
-            None if a.dst_bytes is None else [int(b) for b in a.dst_bytes] for a in args
-        ],
+        "dst_bytes": [None if a.dst_bytes is None else [int(b) for b in a.dst_bytes] for a in args],
     }
     return pl.DataFrame(cols, schema=F.COMM_META_SCHEMA, strict=False)
 
@@ -404,12 +409,16 @@ def _annotation_frame(sub: list[TraceEvent], ts: np.ndarray, dur: np.ndarray) ->
         "external_id": _as_int([a.external_id for a in args]),
         "on_gpu": on_gpu,
         "device": _as_int(
-            [(a.device if a.device is not None else e.pid) if g else None
-             for a, e, g in zip(args, sub, on_gpu, strict=True)]
+            [
+                (a.device if a.device is not None else e.pid) if g else None
+                for a, e, g in zip(args, sub, on_gpu, strict=True)
+            ]
         ).cast(pl.Int32, strict=False),
         "stream": _as_int(
-            [(a.stream if a.stream is not None else e.tid) if g else None
-             for a, e, g in zip(args, sub, on_gpu, strict=True)]
+            [
+                (a.stream if a.stream is not None else e.tid) if g else None
+                for a, e, g in zip(args, sub, on_gpu, strict=True)
+            ]
         ),
     }
     return pl.DataFrame(cols, schema=F.ANNOTATIONS_SCHEMA, strict=False)
@@ -435,7 +444,11 @@ def _warp_frame(sub: list[TraceEvent], ts: np.ndarray, dur: np.ndarray) -> pl.Da
 
 def _counter_frame(sub: list[TraceEvent], ts: np.ndarray, dur: np.ndarray) -> pl.DataFrame:
     # Known series only: msgspec keeps declared keys of args (occupancy for our rings).
-    keep = [(e, t) for e, t in zip(sub, ts.tolist(), strict=True) if e.args and e.args.occupancy is not None]
+    keep = [
+        (e, t)
+        for e, t in zip(sub, ts.tolist(), strict=True)
+        if e.args and e.args.occupancy is not None
+    ]
     cols = {
         "rank": pl.Series([None] * len(keep), dtype=pl.Int32),
         "pid": _as_str([e.pid for e, _ in keep]),

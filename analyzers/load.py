@@ -43,7 +43,8 @@ def discover_rank_files(run_dir: Path) -> list[Path]:
             raise TraceError(run_dir, f"run.json lists missing trace files: {', '.join(missing)}")
         return files
     files = sorted(
-        p for p in run_dir.iterdir()
+        p
+        for p in run_dir.iterdir()
         if p.is_file() and p.name != MANIFEST and p.name.endswith(TRACE_SUFFIXES)
     )
     if not files:
@@ -109,16 +110,24 @@ def _load_warp_csv(path: Path) -> TraceFrames:
 
     warps = read_warp_csv(path)
     schemas = {
-        "activities": F.ACTIVITIES_SCHEMA, "cpu_ops": F.CPU_OPS_SCHEMA,
-        "annotations": F.ANNOTATIONS_SCHEMA, "comm_meta": F.COMM_META_SCHEMA,
+        "activities": F.ACTIVITIES_SCHEMA,
+        "cpu_ops": F.CPU_OPS_SCHEMA,
+        "annotations": F.ANNOTATIONS_SCHEMA,
+        "comm_meta": F.COMM_META_SCHEMA,
         "counters": F.COUNTERS_SCHEMA,
     }
     empty = {name: F.empty(schema) for name, schema in schemas.items()}
     ranks = pl.DataFrame(
         [{"rank": 0, "path": str(path), "n_events": warps.height}], schema=F.RANKS_SCHEMA
     )
-    meta = {"source": str(path), "origin_ns": 0, "overlapscope": {}, "manifest": {},
-            "gpus_per_node": None, "skipped_events": 0}
+    meta = {
+        "source": str(path),
+        "origin_ns": 0,
+        "overlapscope": {},
+        "manifest": {},
+        "gpus_per_node": None,
+        "skipped_events": 0,
+    }
     return TraceFrames(warp_events=warps, ranks=ranks, meta=meta, **empty)
 
 
@@ -151,11 +160,7 @@ def _assign_ranks(files: list[Path], loaded: list[FileFrames]) -> list[int]:
 
 
 def _min_ts(ff: FileFrames) -> int | None:
-    mins = [
-        getattr(ff, n)["ts_ns"].min()
-        for n in FileFrames.FRAME_NAMES
-        if getattr(ff, n).height
-    ]
+    mins = [getattr(ff, n)["ts_ns"].min() for n in FileFrames.FRAME_NAMES if getattr(ff, n).height]
     mins = [m for m in mins if m is not None]
     return min(mins) if mins else None  # type: ignore[type-var]
 
@@ -181,17 +186,29 @@ def _assemble(
                 df.with_columns(rank_col.alias("rank"), (pl.col("ts_ns") - origin).alias("ts_ns"))
             )
         start = _min_ts(ff)
-        rank_rows.append({
-            "rank": rank, "path": ff.path, "world_size": ff.world_size, "backend": ff.backend,
-            "num_sms": ff.num_sms, "device_name": ff.device_name,
-            "origin_ns": None if start is None else int(start) - origin,
-            "base_time_ns": ff.base_time_ns,
-            "n_events": ff.n_events,
-        })
+        rank_rows.append(
+            {
+                "rank": rank,
+                "path": ff.path,
+                "world_size": ff.world_size,
+                "backend": ff.backend,
+                "num_sms": ff.num_sms,
+                "device_name": ff.device_name,
+                "origin_ns": None if start is None else int(start) - origin,
+                "base_time_ns": ff.base_time_ns,
+                "comm_tid": None
+                if ff.overlapscope.get("comm_tid") is None
+                else str(ff.overlapscope["comm_tid"]),
+                "n_events": ff.n_events,
+            }
+        )
     schemas = {
-        "activities": F.ACTIVITIES_SCHEMA, "cpu_ops": F.CPU_OPS_SCHEMA,
-        "annotations": F.ANNOTATIONS_SCHEMA, "comm_meta": F.COMM_META_SCHEMA,
-        "warp_events": F.WARP_EVENTS_SCHEMA, "counters": F.COUNTERS_SCHEMA,
+        "activities": F.ACTIVITIES_SCHEMA,
+        "cpu_ops": F.CPU_OPS_SCHEMA,
+        "annotations": F.ANNOTATIONS_SCHEMA,
+        "comm_meta": F.COMM_META_SCHEMA,
+        "warp_events": F.WARP_EVENTS_SCHEMA,
+        "counters": F.COUNTERS_SCHEMA,
     }
     out = {
         name: pl.concat(dfs, how="vertical") if dfs else F.empty(schemas[name])

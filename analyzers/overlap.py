@@ -63,29 +63,60 @@ def overlap_summary(
         _length(items, by, "busy_ns"),
     ]
     out = windows.select(
-        *by, (pl.col("win_end_ns") - pl.col("win_start_ns")).alias("span_ns"),
-        "win_start_ns", "win_end_ns", "from_annotation",
+        *by,
+        (pl.col("win_end_ns") - pl.col("win_start_ns")).alias("span_ns"),
+        "win_start_ns",
+        "win_end_ns",
+        "from_annotation",
     )
     for p in parts:
         out = out.join(p, on=by, how="left")
-    zero = ["comm_busy_ns", "compute_busy_ns", "kernel_compute_ns", "memory_busy_ns",
-            "overlap_ns", "busy_ns"]
+    zero = [
+        "comm_busy_ns",
+        "compute_busy_ns",
+        "kernel_compute_ns",
+        "memory_busy_ns",
+        "overlap_ns",
+        "busy_ns",
+    ]
     out = out.with_columns([pl.col(c).fill_null(0) for c in zero])
-    return out.with_columns(
-        (pl.col("overlap_ns") / pl.col("comm_busy_ns")).fill_nan(None).alias("overlap_ratio"),
-        (pl.col("comm_busy_ns") - pl.col("overlap_ns")).alias("exposed_comm_ns"),
-        ((pl.col("comm_busy_ns") - pl.col("overlap_ns")) / pl.col("span_ns"))
-        .fill_nan(None).alias("exposed_fraction"),
-        (pl.col("span_ns") - pl.col("busy_ns")).alias("idle_ns"),
-    ).with_columns(
-        pl.when(pl.col("comm_busy_ns") > 0).then(pl.col("overlap_ratio")).alias("overlap_ratio"),
-        pl.when(pl.col("span_ns") > 0).then(pl.col("exposed_fraction")).alias("exposed_fraction"),
-    ).select(
-        "rank", "device", "span_ns", "compute_busy_ns", "comm_busy_ns", "overlap_ns",
-        "overlap_ratio", "exposed_comm_ns", "exposed_fraction", "idle_ns",
-        "kernel_compute_ns", "memory_busy_ns", "busy_ns", "win_start_ns", "win_end_ns",
-        "from_annotation",
-    ).sort(by)
+    return (
+        out.with_columns(
+            (pl.col("overlap_ns") / pl.col("comm_busy_ns")).fill_nan(None).alias("overlap_ratio"),
+            (pl.col("comm_busy_ns") - pl.col("overlap_ns")).alias("exposed_comm_ns"),
+            ((pl.col("comm_busy_ns") - pl.col("overlap_ns")) / pl.col("span_ns"))
+            .fill_nan(None)
+            .alias("exposed_fraction"),
+            (pl.col("span_ns") - pl.col("busy_ns")).alias("idle_ns"),
+        )
+        .with_columns(
+            pl.when(pl.col("comm_busy_ns") > 0)
+            .then(pl.col("overlap_ratio"))
+            .alias("overlap_ratio"),
+            pl.when(pl.col("span_ns") > 0)
+            .then(pl.col("exposed_fraction"))
+            .alias("exposed_fraction"),
+        )
+        .select(
+            "rank",
+            "device",
+            "span_ns",
+            "compute_busy_ns",
+            "comm_busy_ns",
+            "overlap_ns",
+            "overlap_ratio",
+            "exposed_comm_ns",
+            "exposed_fraction",
+            "idle_ns",
+            "kernel_compute_ns",
+            "memory_busy_ns",
+            "busy_ns",
+            "win_start_ns",
+            "win_end_ns",
+            "from_annotation",
+        )
+        .sort(by)
+    )
 
 
 def overlap_by_stream(
@@ -108,15 +139,21 @@ def overlap_by_stream(
         (pl.col("kind") == "comm").sum().alias("n_comm"),
         pl.col("comm_type").drop_nulls().mode().first().alias("comm_type"),
     )
-    out = busy.join(cb, on=key, how="left").join(hidden, on=key, how="left").join(
-        counts, on=key, how="left"
-    ).with_columns(pl.col("comm_busy_ns").fill_null(0), pl.col("overlap_ns").fill_null(0))
+    out = (
+        busy.join(cb, on=key, how="left")
+        .join(hidden, on=key, how="left")
+        .join(counts, on=key, how="left")
+        .with_columns(pl.col("comm_busy_ns").fill_null(0), pl.col("overlap_ns").fill_null(0))
+    )
     return out.with_columns(
         pl.when(pl.col("comm_busy_ns") > 0)
-        .then(pl.col("overlap_ns") / pl.col("comm_busy_ns")).alias("overlap_ratio"),
+        .then(pl.col("overlap_ns") / pl.col("comm_busy_ns"))
+        .alias("overlap_ratio"),
         (pl.col("comm_busy_ns") - pl.col("overlap_ns")).alias("exposed_comm_ns"),
-        pl.when(pl.col("n_comm") > pl.col("n_items") / 2).then(pl.lit("comm"))
-        .otherwise(pl.lit("compute")).alias("role"),
+        pl.when(pl.col("n_comm") > pl.col("n_items") / 2)
+        .then(pl.lit("comm"))
+        .otherwise(pl.lit("compute"))
+        .alias("role"),
     ).sort(key)
 
 
@@ -156,18 +193,21 @@ def overlap_by_annotation(
     )
     out = (
         base.join(_length(comm, key, "comm_busy_ns"), on=key, how="left")
-        .join(_length(m.filter(pl.col("kind") != "comm"), key, "compute_busy_ns"), on=key,
-              how="left")
+        .join(
+            _length(m.filter(pl.col("kind") != "comm"), key, "compute_busy_ns"), on=key, how="left"
+        )
         .join(hidden, on=key, how="left")
         .with_columns(
-            pl.col("comm_busy_ns").fill_null(0), pl.col("compute_busy_ns").fill_null(0),
+            pl.col("comm_busy_ns").fill_null(0),
+            pl.col("compute_busy_ns").fill_null(0),
             pl.col("comm_hidden_ns").fill_null(0),
             (pl.col("gpu_end_ns") - pl.col("gpu_start_ns")).alias("gpu_span_ns"),
         )
         .with_columns(
             (pl.col("comm_busy_ns") - pl.col("comm_hidden_ns")).alias("exposed_comm_ns"),
             pl.when(pl.col("comm_busy_ns") > 0)
-            .then(pl.col("comm_hidden_ns") / pl.col("comm_busy_ns")).alias("overlap_ratio"),
+            .then(pl.col("comm_hidden_ns") / pl.col("comm_busy_ns"))
+            .alias("overlap_ratio"),
         )
     )
     return out.join(_pairing(m, comm), on=key, how="left").sort("rank", "device", "cpu_start_ns")
@@ -176,16 +216,19 @@ def overlap_by_annotation(
 def _pairing(m: pl.DataFrame, comm: pl.DataFrame) -> pl.DataFrame:
     """For each annotation with comm: the annotation whose non-comm work covers most of it."""
     key = ["rank", "device", "ann_id"]
-    schema = {"rank": pl.Int32, "device": pl.Int32, "ann_id": pl.Int64, "paired_with": pl.Utf8,
-              "paired_overlap_ns": pl.Int64}
+    schema = {
+        "rank": pl.Int32,
+        "device": pl.Int32,
+        "ann_id": pl.Int64,
+        "paired_with": pl.Utf8,
+        "paired_overlap_ns": pl.Int64,
+    }
     if comm.is_empty():
         return pl.DataFrame(schema=schema)
     cu = iv.union(comm, key)
     # Only "leaf-ish" compute annotations: those holding no comm themselves.
     comm_anns = comm.select("ann_id").unique()
-    pu = iv.union(
-        m.filter(pl.col("kind") != "comm").join(comm_anns, on="ann_id", how="anti"), key
-    )
+    pu = iv.union(m.filter(pl.col("kind") != "comm").join(comm_anns, on="ann_id", how="anti"), key)
     if pu.is_empty():
         return pl.DataFrame(schema=schema)
     names = m.group_by("ann_id").agg(pl.col("ann_name").first())
@@ -196,45 +239,60 @@ def _pairing(m: pl.DataFrame, comm: pl.DataFrame) -> pl.DataFrame:
         return pl.DataFrame(schema=schema)
     left = take(cu, rows["a_row"])
     right = take(pu, rows["b_row"]).select(
-        pl.col("ann_id").alias("ann_id_right"), pl.col("start_ns").alias("start_ns_right"),
+        pl.col("ann_id").alias("ann_id_right"),
+        pl.col("start_ns").alias("start_ns_right"),
         pl.col("end_ns").alias("end_ns_right"),
     )
     pairs = pl.concat([left, right], how="horizontal").with_columns(
-        (pl.min_horizontal("end_ns", "end_ns_right")
-         - pl.max_horizontal("start_ns", "start_ns_right")).alias("ov")
+        (
+            pl.min_horizontal("end_ns", "end_ns_right")
+            - pl.max_horizontal("start_ns", "start_ns_right")
+        ).alias("ov")
     )
     best = (
-        pairs.group_by(*key, "ann_id_right").agg(pl.col("ov").sum())
+        pairs.group_by(*key, "ann_id_right")
+        .agg(pl.col("ov").sum())
         .sort("ov", descending=True)
-        .group_by(key).agg(pl.col("ann_id_right").first(), pl.col("ov").first())
+        .group_by(key)
+        .agg(pl.col("ann_id_right").first(), pl.col("ov").first())
         .join(names.rename({"ann_id": "ann_id_right"}), on="ann_id_right", how="left")
     )
-    return best.select(*key, pl.col("ann_name").alias("paired_with"),
-                       pl.col("ov").alias("paired_overlap_ns"))
+    return best.select(
+        *key, pl.col("ann_name").alias("paired_with"), pl.col("ov").alias("paired_overlap_ns")
+    )
 
 
 def overlap_by_annotation_name(
-    frames: TraceFrames, *, window: str | None = None, rules: RuleSet | None = None,
+    frames: TraceFrames,
+    *,
+    window: str | None = None,
+    rules: RuleSet | None = None,
     pattern: str | None = None,
 ) -> pl.DataFrame:
     """overlap_by_annotation aggregated over instances of each name, per rank."""
     per = overlap_by_annotation(frames, window=window, rules=rules, pattern=pattern)
     if per.is_empty() or "gpu_span_ns" not in per.columns:
         return per
-    return per.group_by("rank", "device", "name").agg(
-        pl.len().alias("instances"),
-        pl.col("cpu_dur_ns").sum(),
-        pl.col("gpu_span_ns").sum(),
-        pl.col("comm_busy_ns").sum(),
-        pl.col("compute_busy_ns").sum(),
-        pl.col("comm_hidden_ns").sum(),
-        pl.col("exposed_comm_ns").sum(),
-        pl.col("paired_with").drop_nulls().mode().first(),
-        pl.col("cpu_start_ns").min().alias("first_start_ns"),
-    ).with_columns(
-        pl.when(pl.col("comm_busy_ns") > 0)
-        .then(pl.col("comm_hidden_ns") / pl.col("comm_busy_ns")).alias("overlap_ratio")
-    ).sort("rank", "device", "first_start_ns")
+    return (
+        per.group_by("rank", "device", "name")
+        .agg(
+            pl.len().alias("instances"),
+            pl.col("cpu_dur_ns").sum(),
+            pl.col("gpu_span_ns").sum(),
+            pl.col("comm_busy_ns").sum(),
+            pl.col("compute_busy_ns").sum(),
+            pl.col("comm_hidden_ns").sum(),
+            pl.col("exposed_comm_ns").sum(),
+            pl.col("paired_with").drop_nulls().mode().first(),
+            pl.col("cpu_start_ns").min().alias("first_start_ns"),
+        )
+        .with_columns(
+            pl.when(pl.col("comm_busy_ns") > 0)
+            .then(pl.col("comm_hidden_ns") / pl.col("comm_busy_ns"))
+            .alias("overlap_ratio")
+        )
+        .sort("rank", "device", "first_start_ns")
+    )
 
 
 def kernel_coverage(
@@ -249,14 +307,24 @@ def kernel_coverage(
     comm = items.filter((pl.col("kind") == "comm") & (pl.col("end_ns") > pl.col("start_ns")))
     other = items.filter(pl.col("kind") != "comm")
     hidden = iv.covered(comm, other, DEVICE_KEY)
-    out = comm.with_columns(hidden.alias("hidden_ns")).with_columns(
-        (pl.col("end_ns") - pl.col("start_ns")).alias("dur_ns")
-    ).with_columns(
-        pl.when(pl.col("dur_ns") > 0).then(pl.col("hidden_ns") / pl.col("dur_ns"))
-        .alias("coverage")
+    out = (
+        comm.with_columns(hidden.alias("hidden_ns"))
+        .with_columns((pl.col("end_ns") - pl.col("start_ns")).alias("dur_ns"))
+        .with_columns(
+            pl.when(pl.col("dur_ns") > 0)
+            .then(pl.col("hidden_ns") / pl.col("dur_ns"))
+            .alias("coverage")
+        )
     )
     return out.select(
-        "rank", "device", "stream", "name", "comm_type", "start_ns", "dur_ns", "hidden_ns",
+        "rank",
+        "device",
+        "stream",
+        "name",
+        "comm_type",
+        "start_ns",
+        "dur_ns",
+        "hidden_ns",
         "coverage",
     ).sort("coverage", "dur_ns", descending=[False, True], nulls_last=True)
 
@@ -266,12 +334,17 @@ def kernel_coverage_by_name(
 ) -> pl.DataFrame:
     """kernel_coverage aggregated per (rank, device, name): count, total, hidden, coverage."""
     per = kernel_coverage(frames, window=window, rules=rules)
-    return per.group_by("rank", "device", "name", "comm_type").agg(
-        pl.len().alias("count"), pl.col("dur_ns").sum(), pl.col("hidden_ns").sum(),
-        pl.col("coverage").min().alias("worst_coverage"),
-    ).with_columns(
-        (pl.col("hidden_ns") / pl.col("dur_ns")).alias("coverage")
-    ).sort("coverage", nulls_last=True)
+    return (
+        per.group_by("rank", "device", "name", "comm_type")
+        .agg(
+            pl.len().alias("count"),
+            pl.col("dur_ns").sum(),
+            pl.col("hidden_ns").sum(),
+            pl.col("coverage").min().alias("worst_coverage"),
+        )
+        .with_columns((pl.col("hidden_ns") / pl.col("dur_ns")).alias("coverage"))
+        .sort("coverage", nulls_last=True)
+    )
 
 
 def sm_split(frames: TraceFrames, *, rules: RuleSet | None = None) -> pl.DataFrame:
@@ -287,17 +360,27 @@ def sm_split(frames: TraceFrames, *, rules: RuleSet | None = None) -> pl.DataFra
     # Only kernels that are communication by their own name: helpers promoted by the
     # stream rule (casts, layout) are not the persistent comm kernels.
     by_name = ~pl.col("rule").is_in(["on-comm-stream", "copy-on-comm-stream"])
-    comm = kernels.filter((pl.col("kind") == "comm") & by_name).group_by(DEVICE_KEY).agg(
-        pl.col("grid_blocks").max().alias("comm_sms"),
-        pl.col("name").sort_by("grid_blocks", descending=True).first().alias("comm_kernel"),
+    comm = (
+        kernels.filter((pl.col("kind") == "comm") & by_name)
+        .group_by(DEVICE_KEY)
+        .agg(
+            pl.col("grid_blocks").max().alias("comm_sms"),
+            pl.col("name").sort_by("grid_blocks", descending=True).first().alias("comm_kernel"),
+        )
     )
-    gemm = kernels.filter(
-        (pl.col("kind") == "compute") & pl.col("name").str.contains(GEMM_NAME)
-        & (pl.col("num_sms").is_null() | (pl.col("grid_blocks") <= pl.col("num_sms")))
-    ).group_by(DEVICE_KEY).agg(pl.col("grid_blocks").max().alias("compute_cap_sms"))
+    gemm = (
+        kernels.filter(
+            (pl.col("kind") == "compute")
+            & pl.col("name").str.contains(GEMM_NAME)
+            & (pl.col("num_sms").is_null() | (pl.col("grid_blocks") <= pl.col("num_sms")))
+        )
+        .group_by(DEVICE_KEY)
+        .agg(pl.col("grid_blocks").max().alias("compute_cap_sms"))
+    )
     devices = items.select(DEVICE_KEY).unique().join(num_sms, on="rank", how="left")
     return (
-        devices.join(comm, on=DEVICE_KEY, how="left").join(gemm, on=DEVICE_KEY, how="left")
+        devices.join(comm, on=DEVICE_KEY, how="left")
+        .join(gemm, on=DEVICE_KEY, how="left")
         .with_columns((pl.col("comm_sms") / pl.col("num_sms")).alias("comm_share"))
         .sort(DEVICE_KEY)
     )

@@ -35,9 +35,7 @@ def _groups(df: pl.DataFrame, by: list[str]) -> dict[tuple, np.ndarray]:
     if not by:
         return {(): np.arange(df.height, dtype=np.int64)}
     idx = df.select(by).with_row_index("_i").group_by(by).agg(pl.col("_i"))
-    return {
-        tuple(row[:-1]): np.asarray(row[-1], dtype=np.int64) for row in idx.iter_rows()
-    }
+    return {tuple(row[:-1]): np.asarray(row[-1], dtype=np.int64) for row in idx.iter_rows()}
 
 
 def points_in_intervals(
@@ -80,8 +78,13 @@ def points_in_intervals(
 
 
 def overlapping_pairs(
-    a: pl.DataFrame, b: pl.DataFrame, *, by: list[str], start: str = "start_ns",
-    end: str = "end_ns", max_pairs: int = 50_000_000,
+    a: pl.DataFrame,
+    b: pl.DataFrame,
+    *,
+    by: list[str],
+    start: str = "start_ns",
+    end: str = "end_ns",
+    max_pairs: int = 50_000_000,
 ) -> pl.DataFrame | None:
     """Pairs (a_row, b_row) of intervals that overlap (a.start < b.end and b.start < a.end).
 

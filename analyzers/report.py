@@ -29,6 +29,7 @@ TABLES: dict[str, str] = {
     "temporal_breakdown": "Compute / comm / memory / idle time per GPU",
     "kernel_breakdown": "Kernel time by class and name",
     "traffic": "Bytes by link class (IB / NVLink / local) per rank",
+    "traffic_by_collective": "Bytes by link class per collective",
     "pipeline": "Pipeline bubbles per rank vs theory",
     "warp_roles": "Per-warp role busy / wait fractions",
     "warp_links": "Bytes and achieved bandwidth per link vs its limit",
@@ -99,10 +100,14 @@ def build_report(
         notes.append("no GPU activities and no host operators: nothing to measure overlap on")
     _add_optional(tables, notes, frames, hta_compat)
     _add_warps(tables, notes, frames)
+    _add_traffic(tables, notes, frames)
     if frames.meta.get("skipped_events"):
         notes.append(f"{frames.meta['skipped_events']} malformed events were skipped")
     if not frames.is_gpu and has_work:
-        notes.append("CPU-only trace: comm = gloo/c10d ops on any thread, compute = other ops")
+        notes.append(
+            "CPU-only trace: comm = gloo/c10d ops on any thread plus all work on a declared "
+            "comm thread; compute = other operator time outside comm ops"
+        )
     summary = tables.get("summary")
     if summary is not None and summary.height and summary["comm_busy_ns"].sum() == 0:
         notes.append("no communication found: check classification rules (--rules)")
@@ -113,8 +118,26 @@ def build_report(
         "annotations": frames.annotations.height,
         "origin_ns": frames.meta.get("origin_ns"),
     }
-    return Report(source=str(frames.meta.get("source", "")), tables=tables, facts=facts,
-                  notes=notes)
+    return Report(
+        source=str(frames.meta.get("source", "")), tables=tables, facts=facts, notes=notes
+    )
+
+
+def _add_traffic(tables: dict[str, pl.DataFrame], notes: list[str], frames: TraceFrames) -> None:
+    """Bytes by link class per rank and per collective, when the trace records traffic."""
+    if frames.comm_meta.is_empty():
+        return
+    from overlapscope.analyzers.traffic import traffic_summary
+
+    try:
+        summary = traffic_summary(frames)
+    except Exception as exc:  # noqa: BLE001 - one analyzer must not sink the report
+        notes.append(f"traffic: analyzer failed ({type(exc).__name__}: {exc})")
+        return
+    for name, key in (("traffic", "per_rank"), ("traffic_by_collective", "per_collective")):
+        df = summary.get(key)
+        if isinstance(df, pl.DataFrame) and df.height:
+            tables[name] = df
 
 
 def _add_warps(tables: dict[str, pl.DataFrame], notes: list[str], frames: TraceFrames) -> None:
@@ -124,8 +147,12 @@ def _add_warps(tables: dict[str, pl.DataFrame], notes: list[str], frames: TraceF
     from overlapscope.analyzers.warps import analyze_warps
 
     wa = analyze_warps(frames.warp_events, frames.counters, meta=frames.meta)
-    for name, df in (("warp_roles", wa.roles), ("warp_links", wa.links),
-                     ("warp_rings", wa.rings), ("warp_diagnosis", wa.diagnosis)):
+    for name, df in (
+        ("warp_roles", wa.roles),
+        ("warp_links", wa.links),
+        ("warp_rings", wa.rings),
+        ("warp_diagnosis", wa.diagnosis),
+    ):
         if df.height:
             tables[name] = df
     if wa.text:
@@ -139,7 +166,6 @@ def _add_optional(
     calls = [
         ("temporal_breakdown", "breakdown", "temporal_breakdown", {"hta_compat": hta_compat}),
         ("kernel_breakdown", "breakdown", "kernel_breakdown", {"hta_compat": hta_compat}),
-        ("traffic", "traffic", "link_split", {}),
         ("pipeline", "pipeline", "bubble_table", {}),
     ]
     for table, module, func, kwargs in calls:

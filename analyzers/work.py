@@ -13,7 +13,6 @@ item i64 (row id).
 
 from __future__ import annotations
 
-import numpy as np
 import polars as pl
 
 from overlapscope.analyzers import intervals as iv
@@ -29,15 +28,23 @@ def _gpu_items(frames: TraceFrames) -> pl.DataFrame:
     acts = frames.activities
     launches = (
         frames.cpu_ops.filter(pl.col("correlation").is_not_null())
-        .filter(pl.col("cat").is_in(["cuda_runtime", "cuda_driver", "hip_runtime", "runtime"])
-                | pl.col("cat").str.contains("runtime|driver"))
-        .select("rank", "correlation", pl.col("pid").alias("launch_pid"),
-                pl.col("ts_ns").alias("launch_ns"))
+        .filter(
+            pl.col("cat").is_in(["cuda_runtime", "cuda_driver", "hip_runtime", "runtime"])
+            | pl.col("cat").str.contains("runtime|driver")
+        )
+        .select(
+            "rank",
+            "correlation",
+            pl.col("pid").alias("launch_pid"),
+            pl.col("ts_ns").alias("launch_ns"),
+        )
         .unique(subset=["rank", "correlation"], keep="first")
     )
-    blocks = pl.col("grid_x").fill_null(1) * pl.col("grid_y").fill_null(1) * pl.col(
-        "grid_z"
-    ).fill_null(1)
+    blocks = (
+        pl.col("grid_x").fill_null(1)
+        * pl.col("grid_y").fill_null(1)
+        * pl.col("grid_z").fill_null(1)
+    )
     items = acts.with_columns(
         pl.col("ts_ns").alias("start_ns"),
         (pl.col("ts_ns") + pl.col("dur_ns").clip(0)).alias("end_ns"),
@@ -48,7 +55,8 @@ def _gpu_items(frames: TraceFrames) -> pl.DataFrame:
 
 
 def _tid_as_int(tid: pl.Expr) -> pl.Expr:
-    return tid.cast(pl.Int64, strict=False).fill_null(tid.hash().cast(pl.Int64))
+    # Non-numeric thread labels get a stable 62-bit id (hash is u64: keep it in range).
+    return tid.cast(pl.Int64, strict=False).fill_null((tid.hash() % (1 << 62)).cast(pl.Int64))
 
 
 def _host_items(frames: TraceFrames) -> pl.DataFrame:
@@ -57,32 +65,52 @@ def _host_items(frames: TraceFrames) -> pl.DataFrame:
         (pl.col("ts_ns") + pl.col("dur_ns").clip(0)).alias("end_ns"),
     )
     comm = ops.filter(pl.col("kind") == "comm")
-    # Operators running inside a communication op (buffer allocation, copies done by
-    # gloo itself) are part of that communication, not compute.
-    compute = ops.filter(pl.col("kind") == "compute")
-    comm_iv = comm.select("rank", "pid", "tid", pl.col("start_ns").alias("c0"),
-                          pl.col("end_ns").alias("c1"))
-    pairs = points_in_intervals(
-        compute, comm_iv, by=["rank", "pid", "tid"], point="start_ns", start="c0", end="c1"
+    # A thread inside a communication op is busy communicating: its compute is the
+    # operator time outside comm ops on the same thread (parents like an autograd
+    # node that encloses a c10d call, and children like gloo's own copies, drop out).
+    key = ["rank", "pid", "tid"]
+    # A thread the profiler declared as its communication thread does nothing but
+    # communication (packing, exchanges, unpacking), like a GPU comm stream.
+    comm_threads = frames.ranks.filter(pl.col("comm_tid").is_not_null()).select(
+        "rank", pl.col("comm_tid").alias("tid")
     )
-    ends = compute["end_ns"].to_numpy()[pairs["point_row"].to_numpy()]
-    limits = comm_iv["c1"].to_numpy()[pairs["interval_row"].to_numpy()]
-    inside = np.unique(pairs["point_row"].to_numpy()[ends <= limits])
-    keep = np.ones(compute.height, dtype=bool)
-    keep[inside] = False
-    compute = compute.filter(pl.Series(keep))
-    both = pl.concat([comm, compute])
+    if comm_threads.height:
+        on_comm = ops.join(comm_threads, on=["rank", "tid"], how="semi")
+        comm = pl.concat(
+            [
+                comm,
+                on_comm.filter(pl.col("kind") != "comm").with_columns(
+                    pl.lit("comm").alias("kind"), pl.lit("comm_thread").alias("comm_type")
+                ),
+            ]
+        )
+        ops = ops.join(comm_threads, on=["rank", "tid"], how="anti")
+    pieces = iv.subtract(ops.filter(pl.col("kind") == "compute"), comm, key)
+    compute = pieces.with_columns(
+        pl.lit("(host compute)").alias("name"),
+        pl.lit("cpu_op").alias("cat"),
+        pl.lit("compute").alias("kind"),
+        pl.lit(None, dtype=pl.Utf8).alias("comm_type"),
+        pl.lit(None, dtype=pl.Int64).alias("correlation"),
+        pl.col("start_ns").alias("ts_ns"),
+    )
+    comm = comm.select(compute.columns)
+    both = pl.concat([comm, compute.select(comm.columns)])
     return both.select(
         "rank",
         pl.lit(HOST_DEVICE, dtype=pl.Int32).alias("device"),
         _tid_as_int(pl.col("tid")).alias("stream"),
-        "name", "cat", "kind", "comm_type", "start_ns", "end_ns",
+        "name",
+        "cat",
+        "kind",
+        "comm_type",
+        "start_ns",
+        "end_ns",
         (pl.col("end_ns") - pl.col("start_ns")).alias("dur_ns"),
         "correlation",
         pl.lit(None, dtype=pl.Int64).alias("grid_blocks"),
         pl.col("pid").alias("launch_pid"),
         pl.col("ts_ns").alias("launch_ns"),
-        pl.col("tid").alias("thread"),
     )
 
 
@@ -92,8 +120,23 @@ def work_items(frames: TraceFrames, rules: RuleSet | None = None) -> pl.DataFram
     items = _gpu_items(frames) if frames.is_gpu else _host_items(frames)
     if "rule" not in items.columns:
         items = items.with_columns(pl.lit(None, dtype=pl.Utf8).alias("rule"))
-    cols = ["rank", "device", "stream", "name", "cat", "kind", "comm_type", "rule", "start_ns",
-            "end_ns", "dur_ns", "correlation", "grid_blocks", "launch_pid", "launch_ns"]
+    cols = [
+        "rank",
+        "device",
+        "stream",
+        "name",
+        "cat",
+        "kind",
+        "comm_type",
+        "rule",
+        "start_ns",
+        "end_ns",
+        "dur_ns",
+        "correlation",
+        "grid_blocks",
+        "launch_pid",
+        "launch_ns",
+    ]
     return items.select(cols).with_row_index("item").with_columns(pl.col("item").cast(pl.Int64))
 
 
@@ -138,20 +181,27 @@ def annotation_members(
 
     Returns [item, ann_id, ann_name, ann_start_ns, ann_end_ns, ann_tid].
     """
-    ann = frames.annotations.with_row_index("ann_id").with_columns(
-        pl.col("ann_id").cast(pl.Int64)
-    )
+    ann = frames.annotations.with_row_index("ann_id").with_columns(pl.col("ann_id").cast(pl.Int64))
     if pattern:
         ann = ann.filter(pl.col("name").str.contains(pattern))
     cols = ["item", "ann_id", "ann_name", "ann_start_ns", "ann_end_ns", "ann_tid"]
     empty = pl.DataFrame(
-        schema={"item": pl.Int64, "ann_id": pl.Int64, "ann_name": pl.Utf8,
-                "ann_start_ns": pl.Int64, "ann_end_ns": pl.Int64, "ann_tid": pl.Utf8}
+        schema={
+            "item": pl.Int64,
+            "ann_id": pl.Int64,
+            "ann_name": pl.Utf8,
+            "ann_start_ns": pl.Int64,
+            "ann_end_ns": pl.Int64,
+            "ann_tid": pl.Utf8,
+        }
     )
     if ann.is_empty() or items.is_empty():
         return empty
     cpu_ann = ann.filter(~pl.col("on_gpu")).select(
-        "rank", pl.col("pid").alias("a_pid"), "ann_id", pl.col("name").alias("ann_name"),
+        "rank",
+        pl.col("pid").alias("a_pid"),
+        "ann_id",
+        pl.col("name").alias("ann_name"),
         pl.col("ts_ns").alias("ann_start_ns"),
         (pl.col("ts_ns") + pl.col("dur_ns").clip(0)).alias("ann_end_ns"),
         pl.col("tid").alias("ann_tid"),
@@ -160,15 +210,27 @@ def annotation_members(
         "item", "rank", "launch_pid", "launch_ns"
     )
     pairs = points_in_intervals(
-        launched, cpu_ann, by=["rank", "a_pid"], left_by=["rank", "launch_pid"],
-        point="launch_ns", start="ann_start_ns", end="ann_end_ns",
+        launched,
+        cpu_ann,
+        by=["rank", "a_pid"],
+        left_by=["rank", "launch_pid"],
+        point="launch_ns",
+        start="ann_start_ns",
+        end="ann_end_ns",
     )
-    by_launch = pl.concat([
-        take(launched, pairs["point_row"]).select("item"),
-        take(cpu_ann, pairs["interval_row"]).drop("rank", "a_pid"),
-    ], how="horizontal").select(cols)
+    by_launch = pl.concat(
+        [
+            take(launched, pairs["point_row"]).select("item"),
+            take(cpu_ann, pairs["interval_row"]).drop("rank", "a_pid"),
+        ],
+        how="horizontal",
+    ).select(cols)
     gpu_ann = ann.filter(pl.col("on_gpu")).select(
-        "rank", "device", "stream", "ann_id", pl.col("name").alias("ann_name"),
+        "rank",
+        "device",
+        "stream",
+        "ann_id",
+        pl.col("name").alias("ann_name"),
         pl.col("ts_ns").alias("ann_start_ns"),
         (pl.col("ts_ns") + pl.col("dur_ns").clip(0)).alias("ann_end_ns"),
         pl.col("tid").alias("ann_tid"),
@@ -177,13 +239,24 @@ def annotation_members(
         "item", "rank", "device", "stream", "start_ns"
     )
     gpairs = points_in_intervals(
-        unlaunched, gpu_ann, by=["rank", "device", "stream"], point="start_ns",
-        start="ann_start_ns", end="ann_end_ns",
+        unlaunched,
+        gpu_ann,
+        by=["rank", "device", "stream"],
+        point="start_ns",
+        start="ann_start_ns",
+        end="ann_end_ns",
     )
-    by_gpu = pl.concat([
-        take(unlaunched, gpairs["point_row"]).select("item", "start_ns"),
-        take(gpu_ann, gpairs["interval_row"]).drop("rank", "device", "stream"),
-    ], how="horizontal").filter(pl.col("start_ns") < pl.col("ann_end_ns")).select(cols)
+    by_gpu = (
+        pl.concat(
+            [
+                take(unlaunched, gpairs["point_row"]).select("item", "start_ns"),
+                take(gpu_ann, gpairs["interval_row"]).drop("rank", "device", "stream"),
+            ],
+            how="horizontal",
+        )
+        .filter(pl.col("start_ns") < pl.col("ann_end_ns"))
+        .select(cols)
+    )
     return pl.concat([by_launch, by_gpu]) if not by_gpu.is_empty() else by_launch
 
 

@@ -10,59 +10,126 @@ import polars as pl
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from overlapscope.analyzers.errors import TraceError
 from overlapscope.analyzers.report import TABLES, Report
 
-out = Console()
-err = Console(stderr=True)
+# No emoji codes (":B:" in "dualpipe:B:mb=1") and no markup in data cells.
+out = Console(emoji=False)
+err = Console(stderr=True, emoji=False)
 #: Columns hidden in terminal and markdown tables (all columns stay in JSON/CSV).
 HIDDEN = {"win_start_ns", "win_end_ns", "from_annotation", "first_start_ns", "ann_id"}
 #: The columns a terminal table shows, when a table has a curated view.
 DISPLAY: dict[str, list[str]] = {
-    "summary": ["rank", "device", "span_ns", "compute_busy_ns", "comm_busy_ns", "overlap_ns",
-                "overlap_ratio", "exposed_comm_ns", "exposed_fraction", "idle_ns"],
-    "streams": ["rank", "device", "stream", "role", "comm_type", "busy_ns", "comm_busy_ns",
-                "overlap_ratio", "exposed_comm_ns"],
-    "annotations": ["rank", "device", "name", "instances", "cpu_dur_ns", "gpu_span_ns",
-                    "comm_busy_ns", "overlap_ratio", "exposed_comm_ns", "paired_with"],
-    "kernels": ["rank", "device", "name", "comm_type", "count", "dur_ns", "coverage",
-                "worst_coverage"],
-    "temporal_breakdown": ["rank", "device", "window_ns", "compute_ns", "comm_ns", "memory_ns",
-                           "idle_ns", "compute_pct", "comm_pct", "memory_pct", "idle_pct"],
+    "summary": [
+        "rank",
+        "device",
+        "span_ns",
+        "compute_busy_ns",
+        "comm_busy_ns",
+        "overlap_ns",
+        "overlap_ratio",
+        "exposed_comm_ns",
+        "exposed_fraction",
+        "idle_ns",
+    ],
+    "streams": [
+        "rank",
+        "device",
+        "stream",
+        "role",
+        "comm_type",
+        "busy_ns",
+        "comm_busy_ns",
+        "overlap_ratio",
+        "exposed_comm_ns",
+    ],
+    "annotations": [
+        "rank",
+        "device",
+        "name",
+        "instances",
+        "cpu_dur_ns",
+        "gpu_span_ns",
+        "comm_busy_ns",
+        "overlap_ratio",
+        "exposed_comm_ns",
+        "paired_with",
+    ],
+    "kernels": [
+        "rank",
+        "device",
+        "name",
+        "comm_type",
+        "count",
+        "dur_ns",
+        "coverage",
+        "worst_coverage",
+    ],
+    "temporal_breakdown": [
+        "rank",
+        "device",
+        "window_ns",
+        "compute_ns",
+        "comm_ns",
+        "memory_ns",
+        "idle_ns",
+        "compute_pct",
+        "comm_pct",
+        "memory_pct",
+        "idle_pct",
+    ],
     "kernel_breakdown": ["rank", "kind", "name", "count", "sum_ns", "mean_ns", "pct_of_kind"],
     "worst_kernels": ["rank", "device", "stream", "name", "start_ns", "dur_ns", "coverage"],
 }
 #: Short headers for the terminal.
 SHORT = {
-    "span_ns": "span ms", "compute_busy_ns": "compute ms", "comm_busy_ns": "comm ms",
-    "overlap_ns": "overlap ms", "overlap_ratio": "hidden %", "exposed_comm_ns": "exposed ms",
-    "exposed_fraction": "exposed %", "idle_ns": "idle ms", "busy_ns": "busy ms",
-    "cpu_dur_ns": "cpu ms", "gpu_span_ns": "gpu span ms", "worst_coverage": "worst %",
-    "coverage": "hidden %", "dur_ns": "total ms", "start_ns": "start ms",
-    "instances": "n", "comm_type": "comm type", "paired_with": "hidden under",
+    "span_ns": "span ms",
+    "compute_busy_ns": "compute ms",
+    "comm_busy_ns": "comm ms",
+    "overlap_ns": "overlap ms",
+    "overlap_ratio": "hidden %",
+    "exposed_comm_ns": "exposed ms",
+    "exposed_fraction": "exposed %",
+    "idle_ns": "idle ms",
+    "busy_ns": "busy ms",
+    "cpu_dur_ns": "cpu ms",
+    "gpu_span_ns": "gpu span ms",
+    "worst_coverage": "worst %",
+    "coverage": "hidden %",
+    "dur_ns": "total ms",
+    "start_ns": "start ms",
+    "instances": "n",
+    "comm_type": "comm type",
+    "paired_with": "hidden under",
 }
 
 
 def error(message: str) -> None:
     """One-line error on stderr."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(Text.assemble(("error: ", "bold red"), message))
 
 
 def bad_inputs(errors: list[TraceError]) -> None:
     """The list of inputs that could not be analyzed, one per line."""
     err.print(f"[bold red]{len(errors)} input(s) could not be analyzed:[/]")
     for e in errors:
-        err.print(f"  [red]✗[/] {e.path}: {e.reason}", highlight=False, soft_wrap=True)
+        err.print(Text.assemble(("  ✗ ", "red"), f"{e.path}: {e.reason}"), soft_wrap=True)
 
 
 @contextlib.contextmanager
 def progress(enabled: bool) -> Iterator[Progress]:
     """A rich progress bar on stderr (a no-op display when disabled)."""
     bar = Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-        TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-        console=err, disable=not enabled, transient=True,
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not enabled,
+        transient=True,
     )
     with bar:
         yield bar
@@ -105,13 +172,16 @@ def tables(reports: list[Report], wanted: list[str]) -> None:
             cols = [c for c in cols if c not in HIDDEN]
             t = Table(title=f"{name}: {TABLES[name]}", title_justify="left", show_lines=False)
             for c in cols:
-                t.add_column(_header(c), overflow="fold",
-                             justify="right" if df.schema[c].is_numeric() else "left")
+                t.add_column(
+                    _header(c),
+                    overflow="fold",
+                    justify="right" if df.schema[c].is_numeric() else "left",
+                )
             for row in df.select(cols).iter_rows():
-                t.add_row(*(_fmt(c, v) for c, v in zip(cols, row, strict=True)))
+                t.add_row(*(Text(_fmt(c, v)) for c, v in zip(cols, row, strict=True)))
             out.print(t)
         for note in rep.notes:
-            out.print(f"[yellow]note:[/] {note}", highlight=False)
+            out.print(Text.assemble(("note: ", "yellow"), note))
 
 
 def _flat(df: pl.DataFrame) -> pl.DataFrame:
@@ -126,9 +196,11 @@ def csv(reports: list[Report], wanted: list[str]) -> None:
         for name in wanted:
             df = rep.tables.get(name)
             if df is not None and df.height:
-                frames.append(_flat(df).with_columns(
-                    pl.lit(rep.source).alias("source"), pl.lit(name).alias("table")
-                ))
+                frames.append(
+                    _flat(df).with_columns(
+                        pl.lit(rep.source).alias("source"), pl.lit(name).alias("table")
+                    )
+                )
     if not frames:
         return
     if len({tuple(f.columns) for f in frames}) == 1:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -21,7 +21,7 @@ EXIT_BAD_INPUT = 2
 PROGRESS_MIN_BYTES = 20 << 20
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     """Output formats of analyze."""
 
     table = "table"
@@ -62,11 +62,11 @@ def analyze_paths(
                 bar.update(task, description=f"loading {_p.name} [{i + 1}/{n}] {file.name}")
 
             try:
-                frames = load_run(path, cache=cache, gpus_per_node=gpus_per_node,
-                                  progress=on_file)
+                frames = load_run(path, cache=cache, gpus_per_node=gpus_per_node, progress=on_file)
                 bar.update(task, description=f"analyzing {path.name}")
-                reports.append(build_report(frames, window=window, rules=rules, top=top,
-                                            hta_compat=hta_compat))
+                reports.append(
+                    build_report(frames, window=window, rules=rules, top=top, hta_compat=hta_compat)
+                )
             except TraceError as exc:
                 errors.append(exc)
             bar.advance(task)
@@ -83,29 +83,56 @@ def register(app: typer.Typer) -> None:
         )
     )
     def analyze(
-        paths: Annotated[list[Path], typer.Argument(
-            help="Kineto trace files (.json / .json.gz) or run directories of rank files.",
-            show_default=False)],
-        fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] =
-            Format.table,
-        tables: Annotated[str, typer.Option(
-            "--tables", "-t",
-            help="Comma-separated tables to show, or 'all'. Known: " + ", ".join(TABLES))] =
-            "summary,streams,annotations,kernels,sm_split",
-        window: Annotated[str | None, typer.Option(
-            help="Regex of the annotation that bounds the analysis window "
-                 "(default: ProfilerStep#N; whole trace when absent).")] = None,
-        rules: Annotated[str | None, typer.Option(
-            help="Extra classification rules (TOML), tried before the built-in ones.")] = None,
-        gpus_per_node: Annotated[int | None, typer.Option(
-            help="GPUs per node, for IB/NVLink attribution of traces without topology.")] = None,
+        paths: Annotated[
+            list[Path],
+            typer.Argument(
+                help="Kineto trace files (.json / .json.gz) or run directories of rank files.",
+                show_default=False,
+            ),
+        ],
+        fmt: Annotated[
+            Format, typer.Option("--format", "-f", help="Output format.")
+        ] = Format.table,
+        tables: Annotated[
+            str,
+            typer.Option(
+                "--tables",
+                "-t",
+                help="Comma-separated tables to show, or 'all'. Known: " + ", ".join(TABLES),
+            ),
+        ] = "summary,streams,annotations,kernels,sm_split",
+        window: Annotated[
+            str | None,
+            typer.Option(
+                help="Regex of the annotation that bounds the analysis window "
+                "(default: ProfilerStep#N; whole trace when absent)."
+            ),
+        ] = None,
+        rules: Annotated[
+            str | None,
+            typer.Option(help="Extra classification rules (TOML), tried before the built-in ones."),
+        ] = None,
+        gpus_per_node: Annotated[
+            int | None,
+            typer.Option(
+                help="GPUs per node, for IB/NVLink attribution of traces without topology."
+            ),
+        ] = None,
         top: Annotated[int, typer.Option(help="Rows of the worst-kernels table.")] = 10,
-        cache: Annotated[bool, typer.Option(
-            help="Reuse decoded traces from the parquet cache ($OVERLAPSCOPE_CACHE_DIR).")] =
-            True,
-        hta_compat: Annotated[bool, typer.Option(
-            "--hta-compat", help="Reproduce HTA 0.5.0's rules (NCCL-only comm, µs rounding, "
-            "last ProfilerStep dropped) to compare with HTA.")] = False,
+        cache: Annotated[
+            bool,
+            typer.Option(
+                help="Reuse decoded traces from the parquet cache ($OVERLAPSCOPE_CACHE_DIR)."
+            ),
+        ] = True,
+        hta_compat: Annotated[
+            bool,
+            typer.Option(
+                "--hta-compat",
+                help="Reproduce HTA 0.5.0's rules (NCCL-only comm, µs rounding, "
+                "last ProfilerStep dropped) to compare with HTA.",
+            ),
+        ] = False,
     ) -> None:
         """Measure compute/communication overlap, exposed communication and idle time.
 
@@ -122,19 +149,29 @@ def register(app: typer.Typer) -> None:
         except RuleError as exc:
             render.error(str(exc))
             raise typer.Exit(EXIT_BAD_INPUT) from None
-        show_progress = fmt == Format.table and sys.stderr.isatty() and (
-            len(paths) > 1 or sum(_size(p) for p in paths) >= PROGRESS_MIN_BYTES
+        show_progress = (
+            fmt == Format.table
+            and sys.stderr.isatty()
+            and (len(paths) > 1 or sum(_size(p) for p in paths) >= PROGRESS_MIN_BYTES)
         )
         reports, errors = analyze_paths(
-            paths, cache=cache, window=window, rules_file=rules, gpus_per_node=gpus_per_node,
-            top=top, hta_compat=hta_compat, show_progress=show_progress,
+            paths,
+            cache=cache,
+            window=window,
+            rules_file=rules,
+            gpus_per_node=gpus_per_node,
+            top=top,
+            hta_compat=hta_compat,
+            show_progress=show_progress,
         )
         if fmt == Format.json:
             doc = {
                 "reports": [r.to_dict() for r in reports],
                 "errors": [{"path": e.path, "reason": e.reason} for e in errors],
             }
-            sys.stdout.write(msgspec.json.format(msgspec.json.encode(doc), indent=2).decode() + "\n")
+            sys.stdout.write(
+                msgspec.json.format(msgspec.json.encode(doc), indent=2).decode() + "\n"
+            )
         elif fmt == Format.csv:
             render.csv(reports, wanted)
         elif fmt == Format.markdown:

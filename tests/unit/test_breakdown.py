@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import polars as pl
 import pytest
+
 from overlapscope.analyzers import breakdown as B
 from overlapscope.analyzers import frames as F
 from overlapscope.analyzers.hta_compat import hta_compat_frames, hta_kind

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from kineto_builder import TraceBuilder
 
 from overlapscope.analyzers.classify import (
     RuleError,
@@ -15,7 +16,6 @@ from overlapscope.analyzers.classify import (
     load_rules,
 )
 from overlapscope.analyzers.load import load_run
-from kineto_builder import TraceBuilder
 
 TABLE = [
     # (name, cat, kind, comm_type)

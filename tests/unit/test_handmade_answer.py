@@ -7,6 +7,7 @@ Every number here was derived by hand from the timelines drawn in that README
 from __future__ import annotations
 
 from pathlib import Path
+
 import pytest
 
 from overlapscope.analyzers.frames import TraceFrames

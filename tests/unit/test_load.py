@@ -7,8 +7,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
 from kineto_builder import TraceBuilder
+
 from overlapscope.analyzers.cache import CACHE_SCHEMA_VERSION
 from overlapscope.analyzers.errors import TraceError
 from overlapscope.analyzers.load import load_run
