@@ -148,7 +148,13 @@ def _apply(df: pl.DataFrame, rules: list[Rule], default_kind: str) -> pl.DataFra
         kind = pl.when(cond).then(pl.lit(rule.kind)).otherwise(kind)
         ctype = pl.when(cond).then(pl.lit(rule.comm_type, dtype=pl.Utf8)).otherwise(ctype)
         rid = pl.when(cond).then(pl.lit(rule.id)).otherwise(rid)
-    return df.with_columns(kind.alias("kind"), ctype.alias("comm_type"), rid.alias("rule"))
+    # Names repeat thousands of times in a trace: decide each distinct (name, cat) once.
+    keys = df.select("name", "cat").unique()
+    decided = keys.with_columns(kind.alias("kind"), ctype.alias("comm_type"), rid.alias("rule"))
+    out = df.drop([c for c in ("kind", "comm_type", "rule") if c in df.columns])
+    return out.join(
+        decided, on=["name", "cat"], how="left", nulls_equal=True, maintain_order="left"
+    )
 
 
 def classify_activities(activities: pl.DataFrame, rules: RuleSet | None = None) -> pl.DataFrame:

@@ -17,22 +17,38 @@ def _empty(df: pl.DataFrame, by: list[str]) -> pl.DataFrame:
 
 
 def union(df: pl.DataFrame, by: list[str]) -> pl.DataFrame:
-    """Merge intervals into disjoint sorted runs per group: [*by, start_ns, end_ns]."""
+    """Merge intervals into disjoint sorted runs per group: [*by, start_ns, end_ns].
+
+    Rows are sorted by (group, start); a run starts where a start exceeds the
+    running maximum of earlier ends in the same group. The running maximum is
+    taken once over the whole frame, with each group's times lifted by
+    ``group index x span`` so that groups cannot reach into each other: this
+    avoids one window per group, which is slow when there are 10^5 groups.
+    """
     d = df.select(*by, START, END).filter(pl.col(END) > pl.col(START))
     if d.is_empty():
         return _empty(df, by)
     d = d.sort([*by, START])
-    prev_end = pl.col(END).cum_max().shift(1)
     if by:
-        prev_end = prev_end.over(by)
-    new_run = (pl.col(START) > prev_end).fill_null(True)
-    run = new_run.cum_sum()
-    if by:
-        run = run.over(by)
+        lo, hi = d[START].min(), d[END].max()
+        span = int(hi) - int(lo) + 1  # type: ignore[arg-type]
+        changed = pl.any_horizontal([pl.col(c).ne_missing(pl.col(c).shift(1)) for c in by])
+        gid = changed.fill_null(True).cast(pl.Int64).cum_sum() - 1
+        d = d.with_columns(gid.alias("_g"))
+        n_groups = int(d["_g"].max()) + 1  # type: ignore[arg-type]
+        if n_groups * span < (1 << 62):
+            lift = pl.col("_g") * span - lo
+            s, e = pl.col(START) + lift, pl.col(END) + lift
+            new_run = (s > e.cum_max().shift(1)).fill_null(True)
+        else:  # times too spread for lifting: one window per group
+            new_run = (pl.col(START) > pl.col(END).cum_max().shift(1).over("_g")).fill_null(True)
+        d = d.with_columns(new_run.cum_sum().alias("_run")).drop("_g")
+    else:
+        new_run = (pl.col(START) > pl.col(END).cum_max().shift(1)).fill_null(True)
+        d = d.with_columns(new_run.cum_sum().alias("_run"))
     return (
-        d.with_columns(run.alias("_run"))
-        .group_by([*by, "_run"], maintain_order=True)
-        .agg(pl.col(START).min(), pl.col(END).max())
+        d.group_by("_run", maintain_order=True)
+        .agg(*[pl.col(c).first() for c in by], pl.col(START).min(), pl.col(END).max())
         .drop("_run")
     )
 

@@ -14,6 +14,8 @@ function takes TraceFrames and returns a polars DataFrame; none prints.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import polars as pl
 
 from overlapscope.analyzers import intervals as iv
@@ -31,13 +33,34 @@ from overlapscope.analyzers.work import (
 GEMM_NAME = r"(?i)gemm|nvjet|cutlass|xmma|cublas|matmul|wgmma"
 
 
-def prepared(
+@dataclass(frozen=True)
+class Prepared:
+    """Work items clipped to the analysis window, and the windows: computed once per
+    report and shared by every metric here (pass it as ``prep=``)."""
+
+    items: pl.DataFrame
+    windows: pl.DataFrame
+
+
+def prepare(
     frames: TraceFrames, *, window: str | None = None, rules: RuleSet | None = None
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(work items clipped to the window, windows) — shared by all metrics here."""
+) -> Prepared:
+    """Classify, build work items and clip them to the analysis window."""
     items = work_items(frames, rules)
     windows = step_windows(items, frames, window)
-    return windowed(items, windows), windows
+    return Prepared(windowed(items, windows), windows)
+
+
+def prepared(
+    frames: TraceFrames,
+    *,
+    window: str | None = None,
+    rules: RuleSet | None = None,
+    prep: Prepared | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(work items clipped to the window, windows), reusing ``prep`` when given."""
+    prep = prep or prepare(frames, window=window, rules=rules)
+    return prep.items, prep.windows
 
 
 def _length(df: pl.DataFrame, by: list[str], name: str) -> pl.DataFrame:
@@ -45,10 +68,14 @@ def _length(df: pl.DataFrame, by: list[str], name: str) -> pl.DataFrame:
 
 
 def overlap_summary(
-    frames: TraceFrames, *, window: str | None = None, rules: RuleSet | None = None
+    frames: TraceFrames,
+    *,
+    window: str | None = None,
+    rules: RuleSet | None = None,
+    prep: Prepared | None = None,
 ) -> pl.DataFrame:
     """One row per (rank, device): span, busy times, overlap, exposed comm, idle (ns)."""
-    items, windows = prepared(frames, window=window, rules=rules)
+    items, windows = prepared(frames, window=window, rules=rules, prep=prep)
     by = DEVICE_KEY
     comm = items.filter(pl.col("kind") == "comm")
     other = items.filter(pl.col("kind") != "comm")
@@ -120,20 +147,27 @@ def overlap_summary(
 
 
 def overlap_by_stream(
-    frames: TraceFrames, *, window: str | None = None, rules: RuleSet | None = None
+    frames: TraceFrames,
+    *,
+    window: str | None = None,
+    rules: RuleSet | None = None,
+    prep: Prepared | None = None,
 ) -> pl.DataFrame:
     """Per (rank, device, stream): busy, comm busy, and how much of that stream's comm
     is hidden under non-comm work anywhere on the same device (ns)."""
-    items, _ = prepared(frames, window=window, rules=rules)
+    items, _ = prepared(frames, window=window, rules=rules, prep=prep)
     key = [*DEVICE_KEY, "stream"]
     other = items.filter(pl.col("kind") != "comm")
     comm = items.filter(pl.col("kind") == "comm")
     busy = _length(items, key, "busy_ns")
     cb = _length(comm, key, "comm_busy_ns")
     # Hidden part of each stream's comm: intersect per stream against device-wide other work.
-    streams = comm.select(key).unique()
-    other_per_stream = other.drop("stream").join(streams, on=DEVICE_KEY, how="inner")
-    hidden = _length(iv.intersect(comm, other_per_stream, key), key, "overlap_ns")
+    runs = iv.union(comm, key)
+    hidden = (
+        runs.with_columns(iv.covered(runs, other, DEVICE_KEY).alias("_h"))
+        .group_by(key)
+        .agg(pl.col("_h").sum().alias("overlap_ns"))
+    )
     counts = items.group_by(key).agg(
         pl.len().alias("n_items"),
         (pl.col("kind") == "comm").sum().alias("n_comm"),
@@ -163,6 +197,7 @@ def overlap_by_annotation(
     window: str | None = None,
     rules: RuleSet | None = None,
     pattern: str | None = None,
+    prep: Prepared | None = None,
 ) -> pl.DataFrame:
     """Per annotation instance: the work launched inside it and how hidden its comm is.
 
@@ -172,7 +207,7 @@ def overlap_by_annotation(
     overlap_ratio, paired_with (the annotation whose non-comm work hides most of
     this one's comm, BRIEF §4.6).
     """
-    items, _ = prepared(frames, window=window, rules=rules)
+    items, _ = prepared(frames, window=window, rules=rules, prep=prep)
     members = annotation_members(items, frames, pattern)
     if members.is_empty():
         return pl.DataFrame(schema={"rank": pl.Int32, "ann_id": pl.Int64, "name": pl.Utf8})
@@ -180,9 +215,14 @@ def overlap_by_annotation(
     key = ["rank", "device", "ann_id"]
     comm = m.filter(pl.col("kind") == "comm")
     other_all = items.filter(pl.col("kind") != "comm")
-    anns_with_comm = comm.select(key).unique()
-    other_for_ann = other_all.join(anns_with_comm, on=DEVICE_KEY, how="inner")
-    hidden = _length(iv.intersect(comm, other_for_ann, key), key, "comm_hidden_ns")
+    # Each annotation's comm runs, measured against the device's non-comm work with
+    # the cumulative-coverage lookup (linear; no per-annotation copies of the work).
+    runs = iv.union(comm, key)
+    hidden = (
+        runs.with_columns(iv.covered(runs, other_all, DEVICE_KEY).alias("_h"))
+        .group_by(key)
+        .agg(pl.col("_h").sum().alias("comm_hidden_ns"))
+    )
     base = m.group_by(key).agg(
         pl.col("ann_name").first().alias("name"),
         pl.col("ann_start_ns").first().alias("cpu_start_ns"),
@@ -268,9 +308,10 @@ def overlap_by_annotation_name(
     window: str | None = None,
     rules: RuleSet | None = None,
     pattern: str | None = None,
+    prep: Prepared | None = None,
 ) -> pl.DataFrame:
     """overlap_by_annotation aggregated over instances of each name, per rank."""
-    per = overlap_by_annotation(frames, window=window, rules=rules, pattern=pattern)
+    per = overlap_by_annotation(frames, window=window, rules=rules, pattern=pattern, prep=prep)
     if per.is_empty() or "gpu_span_ns" not in per.columns:
         return per
     return (
@@ -296,14 +337,18 @@ def overlap_by_annotation_name(
 
 
 def kernel_coverage(
-    frames: TraceFrames, *, window: str | None = None, rules: RuleSet | None = None
+    frames: TraceFrames,
+    *,
+    window: str | None = None,
+    rules: RuleSet | None = None,
+    prep: Prepared | None = None,
 ) -> pl.DataFrame:
     """Every comm item with the fraction of it hidden under non-comm work (BRIEF §4.5).
 
     Columns: rank, device, stream, name, comm_type, start_ns, dur_ns, hidden_ns,
     coverage (hidden/dur; null for zero-length items). Sorted worst first.
     """
-    items, _ = prepared(frames, window=window, rules=rules)
+    items, _ = prepared(frames, window=window, rules=rules, prep=prep)
     comm = items.filter((pl.col("kind") == "comm") & (pl.col("end_ns") > pl.col("start_ns")))
     other = items.filter(pl.col("kind") != "comm")
     hidden = iv.covered(comm, other, DEVICE_KEY)
@@ -330,10 +375,18 @@ def kernel_coverage(
 
 
 def kernel_coverage_by_name(
-    frames: TraceFrames, *, window: str | None = None, rules: RuleSet | None = None
+    frames: TraceFrames,
+    *,
+    window: str | None = None,
+    rules: RuleSet | None = None,
+    prep: Prepared | None = None,
 ) -> pl.DataFrame:
     """kernel_coverage aggregated per (rank, device, name): count, total, hidden, coverage."""
-    per = kernel_coverage(frames, window=window, rules=rules)
+    return coverage_by_name(kernel_coverage(frames, window=window, rules=rules, prep=prep))
+
+
+def coverage_by_name(per: pl.DataFrame) -> pl.DataFrame:
+    """Aggregate a kernel_coverage frame per (rank, device, name, comm_type)."""
     return (
         per.group_by("rank", "device", "name", "comm_type")
         .agg(

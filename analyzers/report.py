@@ -15,7 +15,7 @@ from typing import Any
 import polars as pl
 
 from overlapscope.analyzers import overlap as ov
-from overlapscope.analyzers.classify import RuleSet
+from overlapscope.analyzers.classify import RuleSet, classify_frames
 from overlapscope.analyzers.frames import TraceFrames
 
 #: Table names in display order, with one line saying what each holds.
@@ -83,16 +83,19 @@ def build_report(
             frames = compat(frames)
             notes.append("HTA 0.5.0 compatibility rules applied (see analyzers/hta_compat.py)")
     tables: dict[str, pl.DataFrame] = {}
+    frames = classify_frames(frames, rules)  # once: every analyzer below reuses it
     has_work = frames.activities.height > 0 or frames.cpu_ops.height > 0
     if has_work:
-        tables["summary"] = ov.overlap_summary(frames, window=window, rules=rules)
-        tables["streams"] = ov.overlap_by_stream(frames, window=window, rules=rules)
-        ann = ov.overlap_by_annotation_name(frames, window=window, rules=rules)
+        prep = ov.prepare(frames, window=window, rules=rules)
+        kw = {"window": window, "rules": rules, "prep": prep}
+        tables["summary"] = ov.overlap_summary(frames, **kw)
+        tables["streams"] = ov.overlap_by_stream(frames, **kw)
+        ann = ov.overlap_by_annotation_name(frames, **kw)
         if ann.height:
             tables["annotations"] = ann
-        cov = ov.kernel_coverage(frames, window=window, rules=rules)
+        cov = ov.kernel_coverage(frames, **kw)
         if cov.height:
-            tables["kernels"] = ov.kernel_coverage_by_name(frames, window=window, rules=rules)
+            tables["kernels"] = ov.coverage_by_name(cov)
             tables["worst_kernels"] = cov.head(top)
         if frames.is_gpu:
             tables["sm_split"] = ov.sm_split(frames, rules=rules)

@@ -132,11 +132,13 @@ def _find(obj: Any, key: str) -> list[Any]:
 
 
 def overlap_from_analyze(stdout: str) -> str:
-    """The overlap ratio(s) reported by ``analyze --format json`` (for the notes column)."""
+    """The per-GPU overlap ratio(s) of ``analyze --format json``'s summary table."""
     try:
-        ratios = _find(json.loads(stdout), "overlap_ratio")
+        summaries = _find(json.loads(stdout), "summary")
     except ValueError:
         return "?"
+    ratios = [row.get("overlap_ratio") for table in summaries if isinstance(table, list)
+              for row in table if isinstance(row, dict)]
     return ", ".join(f"{100 * r:.1f}%" for r in ratios if isinstance(r, (int, float))) or "?"
 
 
@@ -240,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
             ok = "" if m.rc == 0 else f" **failed (rc {m.rc})**"
             if m.killed:
                 ok = f" **killed above {MEM_LIMIT_MB / 1024:.0f} GiB RSS**"
-            if m.rc != 0:
+            if m.rc != 0 and not m.killed:
                 failures.append((label, mb, m.stderr.strip().splitlines()[-3:]))
             table.append(f"| {name} | {label}{ok} | {m.wall_s:.2f} | {m.rss_mb:,.0f} | "
                          f"{m.wall_s / floor:.2f} | {note} |")

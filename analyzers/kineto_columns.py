@@ -1,0 +1,271 @@
+"""Decoded Kineto events -> the polars frames of TraceFrames (rank filled in later).
+
+Every per-event Python step is a C-level ``map(attrgetter(...))`` over the
+event list or a numpy fancy-index of an object array; grouping, lower-casing
+and id conversion happen in polars. This keeps column building close to the
+cost of decoding itself on multi-million-event traces.
+"""
+
+from __future__ import annotations
+
+from operator import attrgetter
+from typing import Any
+
+import msgspec
+import numpy as np
+import polars as pl
+
+from overlapscope.analyzers import frames as F
+from overlapscope.analyzers.kineto_schema import EventArgs, TraceEvent
+
+GPU_CATS = ["kernel", "gpu_memcpy", "gpu_memset", "memcpy", "memset", "cuda_kernel"]
+ANNOTATION_CATS = ["user_annotation", "gpu_user_annotation"]
+SKIP_X_CATS = ["trace", "overhead"]
+COMM_OP_PATTERN = r"^(c10d::|gloo:|record_param_comms|nccl:)"
+_EMPTY_ARGS = EventArgs()
+
+
+def _ids_as_text(values: list[Any]) -> pl.Series:
+    """pid/tid values (ints, or labels like "Spans") as strings."""
+    try:
+        return pl.Series(values, dtype=pl.Int64).cast(pl.Utf8)
+    except (TypeError, OverflowError, pl.exceptions.PolarsError):
+        return pl.Series([None if v is None else str(v) for v in values], dtype=pl.Utf8)
+
+
+def _ints(values: list[Any]) -> pl.Series:
+    try:
+        return pl.Series(values, dtype=pl.Int64)
+    except (TypeError, OverflowError, pl.exceptions.PolarsError):
+        return pl.Series(values, dtype=pl.Int64, strict=False)
+
+
+def _texts(values: list[Any]) -> pl.Series:
+    return pl.Series(values, dtype=pl.Utf8, strict=False)
+
+
+class EventColumns:
+    """Columns shared by all groups, plus per-group access to ``args``."""
+
+    def __init__(self, events: list[TraceEvent], ts_ns: np.ndarray, dur_ns: np.ndarray) -> None:
+        n = len(events)
+        self.ts_ns, self.dur_ns = ts_ns, dur_ns
+        self.ph = pl.Series(list(map(attrgetter("ph"), events)), dtype=pl.Utf8)
+        self.cat = pl.Series(list(map(attrgetter("cat"), events)), dtype=pl.Utf8)
+        self.cat_lower = self.cat.str.to_lowercase()
+        self.name = pl.Series(list(map(attrgetter("name"), events)), dtype=pl.Utf8)
+        self.pid_raw = np.empty(n, dtype=object)
+        self.pid_raw[:] = list(map(attrgetter("pid"), events))
+        self.tid_raw = np.empty(n, dtype=object)
+        self.tid_raw[:] = list(map(attrgetter("tid"), events))
+        args = np.empty(n, dtype=object)
+        args[:] = [a if a is not None else _EMPTY_ARGS for a in map(attrgetter("args"), events)]
+        self.args = args
+
+    def groups(self) -> dict[str, np.ndarray]:
+        """Row indices of each event group."""
+        df = pl.DataFrame({"ph": self.ph, "cat": self.cat_lower}).with_row_index("i")
+        group = (
+            pl.when(pl.col("ph") == "C")
+            .then(pl.lit("counter"))
+            .when(pl.col("ph") != "X")
+            .then(pl.lit("other"))
+            .when(pl.col("cat").is_in(GPU_CATS))
+            .then(pl.lit("gpu"))
+            .when(pl.col("cat").is_in(ANNOTATION_CATS))
+            .then(pl.lit("annotation"))
+            .when(pl.col("cat") == "warp_role")
+            .then(pl.lit("warp"))
+            .when(pl.col("cat") == "comm_traffic")
+            .then(pl.lit("traffic"))
+            .when(pl.col("cat").is_in(SKIP_X_CATS))
+            .then(pl.lit("other"))
+            .otherwise(pl.lit("host"))
+        )
+        out = df.select("i", group.alias("g")).group_by("g").agg(pl.col("i"))
+        return {g: np.asarray(i, dtype=np.int64) for g, i in out.iter_rows()}
+
+    def arg(self, idx: np.ndarray, field: str) -> list[Any]:
+        return list(map(attrgetter(field), self.args[idx]))
+
+    def ids(self, raw: np.ndarray, idx: np.ndarray) -> pl.Series:
+        return _ids_as_text(raw[idx].tolist())
+
+    def common(self, idx: np.ndarray) -> dict[str, Any]:
+        pl_idx = pl.Series(idx, dtype=pl.Int64)
+        return {
+            "name": self.name.gather(pl_idx),
+            "cat": self.cat_lower.gather(pl_idx),
+            "ts_ns": self.ts_ns[idx],
+            "dur_ns": self.dur_ns[idx],
+        }
+
+
+def _null_rank(n: int) -> pl.Series:
+    return pl.Series("rank", [None] * n, dtype=pl.Int32)
+
+
+def _dim(lists: list[list[Any] | None], i: int) -> pl.Series:
+    return _ints([v[i] if v and len(v) > i else None for v in lists])
+
+
+def _prefer(primary: list[Any], fallback: list[Any]) -> list[Any]:
+    return [p if p is not None else f for p, f in zip(primary, fallback, strict=True)]
+
+
+def gpu_frame(c: EventColumns, idx: np.ndarray) -> pl.DataFrame:
+    grid, block = c.arg(idx, "grid"), c.arg(idx, "block")
+    pid = c.pid_raw[idx].tolist()
+    tid = c.tid_raw[idx].tolist()
+    cols = {
+        "rank": _null_rank(idx.size),
+        "device": _ints(_prefer(c.arg(idx, "device"), pid)).cast(pl.Int32, strict=False),
+        "stream": _ints(_prefer(c.arg(idx, "stream"), tid)),
+        **c.common(idx),
+        "correlation": _ints(c.arg(idx, "correlation")),
+        "external_id": _ints(c.arg(idx, "external_id")),
+        "grid_x": _dim(grid, 0),
+        "grid_y": _dim(grid, 1),
+        "grid_z": _dim(grid, 2),
+        "block_x": _dim(block, 0),
+        "block_y": _dim(block, 1),
+        "block_z": _dim(block, 2),
+        "bytes": _ints(c.arg(idx, "bytes")),
+    }
+    return pl.DataFrame(cols, schema=F.ACTIVITIES_SCHEMA, strict=False)
+
+
+def _raw_text(values: list[msgspec.Raw | None]) -> list[str | None]:
+    return [bytes(v).decode("utf-8", "replace") if v else None for v in values]
+
+
+def host_frame(c: EventColumns, idx: np.ndarray) -> pl.DataFrame:
+    common = c.common(idx)
+    # Inputs matter only for communication ops (peers, tags, sizes): skip the rest.
+    comm_pos = np.flatnonzero(common["name"].str.contains(COMM_OP_PATTERN).fill_null(False))
+    inputs: list[str | None] = [None] * idx.size
+    dims: list[str | None] = [None] * idx.size
+    if comm_pos.size:
+        sel = idx[comm_pos]
+        for pos, text in zip(
+            comm_pos.tolist(), _raw_text(c.arg(sel, "concrete_inputs")), strict=True
+        ):
+            inputs[pos] = text
+        for pos, text in zip(comm_pos.tolist(), _raw_text(c.arg(sel, "input_dims")), strict=True):
+            dims[pos] = text
+    cols = {
+        "rank": _null_rank(idx.size),
+        "pid": c.ids(c.pid_raw, idx),
+        "tid": c.ids(c.tid_raw, idx),
+        **common,
+        "correlation": _ints(c.arg(idx, "correlation")),
+        "external_id": _ints(c.arg(idx, "external_id")),
+        "inputs": _texts(inputs),
+        "input_dims": _texts(dims),
+    }
+    return pl.DataFrame(cols, schema=F.CPU_OPS_SCHEMA, strict=False)
+
+
+def comm_meta_frame(c: EventColumns, idx: np.ndarray) -> pl.DataFrame:
+    """NCCL record_param_comms ops and overlapscope comm_traffic events."""
+    collective = _prefer(c.arg(idx, "collective"), c.arg(idx, "collective_name"))
+    dst = [None if d is None else [int(b) for b in d] for d in c.arg(idx, "dst_bytes")]
+    common = c.common(idx)
+    cols = {
+        "rank": _null_rank(idx.size),
+        "tid": c.ids(c.tid_raw, idx),
+        "name": common["name"],
+        "ts_ns": common["ts_ns"],
+        "dur_ns": common["dur_ns"],
+        "collective": _texts(collective),
+        "dtype": _texts(c.arg(idx, "dtype")),
+        "in_nelems": _ints(c.arg(idx, "in_nelems")),
+        "out_nelems": _ints(c.arg(idx, "out_nelems")),
+        "group_size": _ints(c.arg(idx, "group_size")),
+        "pg_name": _ids_as_text(c.arg(idx, "pg_name")),
+        "phase": _texts(c.arg(idx, "phase")),
+        "dst_bytes": pl.Series(dst, dtype=pl.List(pl.Int64)),
+    }
+    return pl.DataFrame(cols, schema=F.COMM_META_SCHEMA, strict=False)
+
+
+def annotation_frame(c: EventColumns, idx: np.ndarray) -> pl.DataFrame:
+    common = c.common(idx)
+    on_gpu = common["cat"] == "gpu_user_annotation"
+    pid = c.pid_raw[idx].tolist()
+    tid = c.tid_raw[idx].tolist()
+    device = _ints(_prefer(c.arg(idx, "device"), pid)).cast(pl.Int32, strict=False)
+    stream = _ints(_prefer(c.arg(idx, "stream"), tid))
+    cols = {
+        "rank": _null_rank(idx.size),
+        "pid": _ids_as_text(pid),
+        "tid": _ids_as_text(tid),
+        "name": common["name"],
+        "ts_ns": common["ts_ns"],
+        "dur_ns": common["dur_ns"],
+        "external_id": _ints(c.arg(idx, "external_id")),
+        "on_gpu": on_gpu,
+        "device": pl.select(pl.when(on_gpu).then(device)).to_series(),
+        "stream": pl.select(pl.when(on_gpu).then(stream)).to_series(),
+    }
+    return pl.DataFrame(cols, schema=F.ANNOTATIONS_SCHEMA, strict=False)
+
+
+def warp_frame(c: EventColumns, idx: np.ndarray) -> pl.DataFrame:
+    def i32(field: str) -> pl.Series:
+        return _ints(c.arg(idx, field)).cast(pl.Int32, strict=False)
+
+    common = c.common(idx)
+    cols = {
+        "rank": i32("rank"),
+        "channel": i32("channel"),
+        "warp": i32("warp"),
+        "sm": i32("sm"),
+        "role": _texts(c.arg(idx, "role")),
+        "state": _texts(c.arg(idx, "state")),
+        "chunk": _ints(c.arg(idx, "chunk")),
+        "bytes": _ints(c.arg(idx, "bytes")),
+        "link": _texts(c.arg(idx, "link")),
+        "ts_ns": common["ts_ns"],
+        "dur_ns": common["dur_ns"],
+    }
+    return pl.DataFrame(cols, schema=F.WARP_EVENTS_SCHEMA, strict=False)
+
+
+def counter_frame(c: EventColumns, idx: np.ndarray) -> pl.DataFrame:
+    # Known series only: msgspec keeps declared keys of args (occupancy for our rings).
+    occ = c.arg(idx, "occupancy")
+    keep = np.asarray([o is not None for o in occ], dtype=bool)
+    sel = idx[keep] if idx.size else idx
+    common = c.common(sel)
+    cols = {
+        "rank": _null_rank(sel.size),
+        "pid": c.ids(c.pid_raw, sel),
+        "name": common["name"],
+        "series": ["occupancy"] * sel.size,
+        "ts_ns": common["ts_ns"],
+        "value": pl.Series([o for o in occ if o is not None], dtype=pl.Float64),
+    }
+    return pl.DataFrame(cols, schema=F.COUNTERS_SCHEMA, strict=False)
+
+
+def build_frames(
+    events: list[TraceEvent], ts_ns: np.ndarray, dur_ns: np.ndarray
+) -> dict[str, pl.DataFrame]:
+    """All TraceFrames groups of one file's events."""
+    c = EventColumns(events, ts_ns, dur_ns)
+    groups = c.groups()
+    none = np.empty(0, dtype=np.int64)
+    host = groups.get("host", none)
+    is_rpc = (c.name.gather(pl.Series(host, dtype=pl.Int64)) == "record_param_comms").to_numpy()
+    traffic = np.concatenate(
+        [host[is_rpc.astype(bool)] if host.size else none, groups.get("traffic", none)]
+    )
+    return {
+        "activities": gpu_frame(c, groups.get("gpu", none)),
+        "cpu_ops": host_frame(c, host),
+        "annotations": annotation_frame(c, groups.get("annotation", none)),
+        "comm_meta": comm_meta_frame(c, traffic),
+        "warp_events": warp_frame(c, groups.get("warp", none)),
+        "counters": counter_frame(c, groups.get("counter", none)),
+    }
