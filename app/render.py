@@ -81,6 +81,14 @@ DISPLAY: dict[str, list[str]] = {
         "idle_pct",
     ],
     "kernel_breakdown": ["rank", "kind", "name", "count", "sum_ns", "mean_ns", "pct_of_kind"],
+    "pipeline": ["step", "rank", "schedule", "pp", "window_ns", "bubble_ns", "bubble_fraction",
+                 "theory_bubble_ns", "measured_over_theory", "peak_activations",
+                 "activation_bound", "conforms"],
+    "warp_roles": ["rank", "role", "n_warps", "busy_frac", "busy_of_span_frac",
+                   "wait_remote_head_frac", "wait_tail_frac", "wait_meta_frac", "idle_sleep_frac"],
+    "warp_links": ["rank", "link", "bytes", "achieved_gbps", "limit_gbps", "util_frac",
+                   "span_util_frac"],
+    "warp_diagnosis": ["rank", "subject", "value_frac", "text", "remedy"],
     "worst_kernels": ["rank", "device", "stream", "name", "start_ns", "dur_ns", "coverage"],
 }
 #: Short headers for the terminal.
@@ -143,11 +151,12 @@ def _fmt(col: str, value: object) -> str:
     if col.endswith("_bytes") and isinstance(value, int | float):
         return f"{value / 1e6:,.2f}"
     if isinstance(value, float):
-        if col.endswith(("ratio", "fraction", "coverage", "share")):
+        if col.endswith(("ratio", "fraction", "coverage", "share", "_frac")):
             return f"{100 * value:.1f}%"
         return f"{value:,.3f}"
     text = str(value)
-    return text if len(text) <= 48 else text[:45] + "..."
+    limit = 160 if col in ("text", "remedy") else 48
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _header(col: str) -> str:

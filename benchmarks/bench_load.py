@@ -40,7 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "benchmarks" / "data"
 
 FLOOR_SCRIPT = """
-import sys, time, msgspec
+import gc, sys, time, msgspec
+if len(sys.argv) > 2 and sys.argv[2] == 'nogc':
+    gc.disable()
 t0 = time.perf_counter()
 raw = open(sys.argv[1], 'rb').read()
 doc = msgspec.json.decode(raw)
@@ -164,6 +166,11 @@ def bench_size(mb: int, with_hta: bool, steps: tuple[str, ...] = STEPS
         n, t = floor.stdout.split()
         note = f"{int(n):,} events; decode {t} s in-process"
     rows.append(("msgspec.json.decode (floor)", floor, note))
+    # The same decode with the cycle collector off: millions of tracked dicts make
+    # CPython run full collections repeatedly, which is not parsing cost.
+    label = "msgspec.json.decode, gc disabled (floor without GC passes)"
+    nogc = run(label, [sys.executable, "-c", FLOOR_SCRIPT, str(file), "nogc"])
+    rows.append((label, nogc, ""))
 
     cli = overlapscope_cmd()
     with tempfile.TemporaryDirectory(prefix="bench-cache-") as cache:
