@@ -59,38 +59,10 @@ def total(df: pl.DataFrame, by: list[str], name: str = "length_ns") -> pl.DataFr
     return u.group_by(by, maintain_order=True).agg((pl.col(END) - pl.col(START)).sum().alias(name))
 
 
-def intersect(a: pl.DataFrame, b: pl.DataFrame, by: list[str]) -> pl.DataFrame:
-    """U(a) ∩ U(b) per group as disjoint intervals: [*by, start_ns, end_ns]."""
+def _sweep(a: pl.DataFrame, b: pl.DataFrame, by: list[str], keep: pl.Expr) -> pl.DataFrame:
+    """Segments of the timeline where ``keep`` holds for the coverage counts
+    ``ca`` (of U(a)) and ``cb`` (of U(b)), merged into disjoint intervals."""
     ua, ub = union(a, by), union(b, by)
-    if ua.is_empty() or ub.is_empty():
-        return _empty(ua, by)
-    cols = [*by, "t", "da", "db"]
-
-    def edges(u: pl.DataFrame, which: str) -> list[pl.DataFrame]:
-        other = "db" if which == "da" else "da"
-        return [
-            u.select(*by, pl.col(START).alias("t"), pl.lit(1).alias(which), pl.lit(0).alias(other)),
-            u.select(*by, pl.col(END).alias("t"), pl.lit(-1).alias(which), pl.lit(0).alias(other)),
-        ]
-
-    ev = pl.concat([e.select(cols) for e in edges(ua, "da") + edges(ub, "db")])
-    ev = ev.group_by([*by, "t"]).agg(pl.col("da").sum(), pl.col("db").sum()).sort([*by, "t"])
-    over = (lambda e: e.over(by)) if by else (lambda e: e)
-    ev = ev.with_columns(
-        over(pl.col("da").cum_sum()).alias("ca"),
-        over(pl.col("db").cum_sum()).alias("cb"),
-        over(pl.col("t").shift(-1)).alias("t_next"),
-    )
-    seg = ev.filter((pl.col("ca") > 0) & (pl.col("cb") > 0) & pl.col("t_next").is_not_null())
-    return union(seg.select(*by, pl.col("t").alias(START), pl.col("t_next").alias(END)), by)
-
-
-def subtract(a: pl.DataFrame, b: pl.DataFrame, by: list[str]) -> pl.DataFrame:
-    """U(a) minus U(b) per group as disjoint intervals."""
-    ua = union(a, by)
-    if ua.is_empty():
-        return ua
-    ub = union(b, by)
     cols = [*by, "t", "da", "db"]
     parts = [
         ua.select(*by, pl.col(START).alias("t"), pl.lit(1).alias("da"), pl.lit(0).alias("db")),
@@ -100,14 +72,31 @@ def subtract(a: pl.DataFrame, b: pl.DataFrame, by: list[str]) -> pl.DataFrame:
     ]
     ev = pl.concat([p.select(cols) for p in parts])
     ev = ev.group_by([*by, "t"]).agg(pl.col("da").sum(), pl.col("db").sum()).sort([*by, "t"])
-    over = (lambda e: e.over(by)) if by else (lambda e: e)
+
+    def over(e: pl.Expr) -> pl.Expr:
+        return e.over(by) if by else e
+
     ev = ev.with_columns(
         over(pl.col("da").cum_sum()).alias("ca"),
         over(pl.col("db").cum_sum()).alias("cb"),
         over(pl.col("t").shift(-1)).alias("t_next"),
     )
-    seg = ev.filter((pl.col("ca") > 0) & (pl.col("cb") <= 0) & pl.col("t_next").is_not_null())
+    seg = ev.filter(keep & pl.col("t_next").is_not_null())
     return union(seg.select(*by, pl.col("t").alias(START), pl.col("t_next").alias(END)), by)
+
+
+def intersect(a: pl.DataFrame, b: pl.DataFrame, by: list[str]) -> pl.DataFrame:
+    """U(a) ∩ U(b) per group as disjoint intervals: [*by, start_ns, end_ns]."""
+    if union(a, by).is_empty() or union(b, by).is_empty():
+        return _empty(a, by)
+    return _sweep(a, b, by, (pl.col("ca") > 0) & (pl.col("cb") > 0))
+
+
+def subtract(a: pl.DataFrame, b: pl.DataFrame, by: list[str]) -> pl.DataFrame:
+    """U(a) minus U(b) per group as disjoint intervals."""
+    if union(a, by).is_empty():
+        return _empty(a, by)
+    return _sweep(a, b, by, (pl.col("ca") > 0) & (pl.col("cb") <= 0))
 
 
 def clip(df: pl.DataFrame, window: pl.DataFrame, by: list[str]) -> pl.DataFrame:
