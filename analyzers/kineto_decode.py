@@ -23,14 +23,21 @@ import polars as pl
 
 from overlapscope.analyzers.errors import TraceError
 from overlapscope.analyzers.kineto_columns import build_frames
-from overlapscope.analyzers.kineto_schema import KinetoTrace, TraceEvent
+from overlapscope.analyzers.kineto_schema import (
+    KEPT_EVENT_TYPES,
+    FastKinetoTrace,
+    KinetoTrace,
+    TraceEvent,
+)
 from overlapscope.analyzers.timeconv import decimal_text_us_to_ns, needs_text_path, us_to_ns
 
 _RANK_IN_NAME = re.compile(r"rank[-_]?(\d+)", re.IGNORECASE)
-_DECODER = msgspec.json.Decoder(KinetoTrace, strict=False)
+_DECODER = msgspec.json.Decoder(FastKinetoTrace, strict=False)
+KEPT_PHASES = ("X", "C")
 
 
 class _TimesOnly(msgspec.Struct):
+    ph: Any = None
     ts: msgspec.Raw = msgspec.Raw()
     dur: msgspec.Raw = msgspec.Raw()
 
@@ -100,7 +107,14 @@ def decode_file(path: Path) -> FileFrames:
 def _decode_file(path: Path) -> FileFrames:
     raw = read_bytes(path)
     trace, skipped = _decode_trace(path, raw)
-    events = trace.traceEvents or []
+    all_events = trace.traceEvents or []
+    n_events = len(all_events)
+    # Only intervals ("X") and counters ("C") carry what the analyzers read.
+    if isinstance(trace, FastKinetoTrace):
+        events = [e for e in all_events if isinstance(e, KEPT_EVENT_TYPES)]
+    else:
+        events = [e for e in all_events if e.ph in KEPT_PHASES]
+    del all_events
     ts_ns, dur_ns = _times_ns(raw, events)
     dist = trace.distributedInfo
     rank = dist.rank if dist and dist.rank is not None else None
@@ -116,7 +130,7 @@ def _decode_file(path: Path) -> FileFrames:
         backend=dist.backend if dist else None,
         num_sms=num_sms,
         device_name=dev_name,
-        n_events=len(events),
+        n_events=n_events,
         base_time_ns=base,
         overlapscope=trace.overlapscope or {},
         skipped_events=skipped,
@@ -124,7 +138,7 @@ def _decode_file(path: Path) -> FileFrames:
     )
 
 
-def _decode_trace(path: Path, raw: bytes) -> tuple[KinetoTrace, int]:
+def _decode_trace(path: Path, raw: bytes) -> tuple[FastKinetoTrace | KinetoTrace, int]:
     try:
         trace = _DECODER.decode(raw)
     except msgspec.ValidationError:
@@ -212,7 +226,7 @@ def _convert_event(ev: Any) -> TraceEvent | None:
         return None
 
 
-def _times_ns(raw: bytes, events: list[TraceEvent]) -> tuple[np.ndarray, np.ndarray]:
+def _times_ns(raw: bytes, events: list[Any]) -> tuple[np.ndarray, np.ndarray]:
     """Absolute-to-base ns of every event's ts and dur (dur null -> 0)."""
     ts = pl.Series(list(map(attrgetter("ts"), events)), dtype=pl.Float64, strict=False)
     dur = pl.Series(list(map(attrgetter("dur"), events)), dtype=pl.Float64, strict=False)
@@ -225,6 +239,7 @@ def _times_ns(raw: bytes, events: list[TraceEvent]) -> tuple[np.ndarray, np.ndar
         times = msgspec.json.decode(raw, type=_TraceTimes).traceEvents
     except msgspec.MsgspecError:
         return us_to_ns(ts_np), us_to_ns(dur_np)
+    times = [t for t in times if t.ph in KEPT_PHASES]
     if len(times) != len(events):  # generic path dropped events; keep float precision
         return us_to_ns(ts_np), us_to_ns(dur_np)
     # Strings of digits ("ts": "123.5") are read like numbers; null/empty counts as 0.
