@@ -15,14 +15,24 @@ other in V3 Fig. 4 order, each component in its phase annotation::
     | attn(B) | combine(F) | attn(W)
 
 (backward split into input-grad and weight-grad parts through ``wgrad``'s
-:class:`DeferredLinear`). Schedule ops carry the annotation grammar of
-``schedules/executor.py``; P2P inside ``pp_send`` / ``pp_recv`` with ``comm_traffic``
-records (hop "pp").
+:class:`DeferredLinear`). The communication components run on the rank's comm stream
+(``ctx.comm_stream``: a thread on CPU, a side stream on CUDA), annotated on that
+thread, while the main thread computes the other micro-batch's components::
+
+    comm thread:  combine(B)  dispatch(F)  dispatch(B)          combine(F)  combine(B)'
+    main thread:  attn(F)     mlp(B)       mlp(W)  mlp(F)       attn(B)     attn(W)
+
+(``combine(B)'`` is the next block's). Schedule ops carry the annotation grammar of
+``schedules/executor.py``; P2P stays on the main thread, inside ``pp_send`` / ``pp_recv``
+with ``comm_traffic`` records (hop "pp"). Dispatch/combine outside pairs (plain F/B ops)
+run inline on the main thread.
 
 Config keys: ``schedule``, ``pp``, ``micro_batches``, ``steps``, ``seed`` (launcher);
 optional ``model`` (dict of :class:`model.ModelConfig` fields; EP shape filled in),
 ``batch`` (sequences per micro-batch, 2), ``seq`` (tokens per sequence, 8),
-``return_grads`` (put per-parameter gradient sums in the facts, for tests).
+``return_grads`` (put per-parameter gradient sums in the facts, for tests),
+``overlap_comm`` (default true; false runs a pair's communication inline on the main
+thread).
 """
 
 from __future__ import annotations
@@ -85,14 +95,58 @@ def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
     return b if a is None else a if b is None else a + b
 
 
+class _Pending:
+    """A component queued on the comm lane (a future, or a finished inline value)."""
+
+    def __init__(self, future: Any = None, value: Any = None) -> None:
+        self.future, self.value = future, value
+
+
+class _CommLane:
+    """Runs communication components of an overlapped pair on the rank's comm stream.
+
+    Each submitted component runs inside its phase annotation *on the comm thread*, so
+    the trace shows it on that thread while the main thread computes. Without a stream
+    (tests, single-process use) components run inline at submit time.
+
+    Process groups: while components of a pair are queued the main thread only
+    computes (PP P2P happens outside the pair, on the PP group), so the EP group is
+    never used by two threads at once; and every member of an EP group runs the same
+    stage and submits the same components in the same order, so the comm thread
+    issues the EP collectives in the same order on every member.
+    """
+
+    def __init__(self, stream: Any, annotate: Callable[[str], Any], timeout_s: float) -> None:
+        self.stream, self.annotate, self.timeout_s = stream, annotate, timeout_s
+
+    def submit(self, phase: str, fn: Callable[..., Any], *args: Any) -> _Pending:
+        def body() -> Any:
+            with self.annotate(phase):
+                return fn(*args)
+        if self.stream is None:
+            return _Pending(value=body())
+        return _Pending(future=self.stream.submit(body))
+
+    def wait(self, pending: _Pending | None) -> Any:
+        if pending is None:
+            return None
+        if pending.future is not None:
+            pending.value, pending.future = pending.future.result(self.timeout_s), None
+        return pending.value
+
+
 class PhasedStage(nn.Module):
     """Wraps a :class:`model.Stage`; remembers each forward's component boundaries on its
     output tensor so an overlapped pair can run the backward component by component."""
 
-    def __init__(self, stage: Stage, annotate: Callable[[str], Any] = _no_annotation) -> None:
+    def __init__(self, stage: Stage, annotate: Callable[[str], Any] = _no_annotation,
+                 comm: Any = None, comm_timeout_s: float = 120.0) -> None:
         super().__init__()
         self.stage = defer_linears(stage)
         self.annotate = annotate
+        # the rank's comm stream (``submit(fn) -> future``); None runs comm inline
+        self.comm = comm
+        self.comm_timeout_s = comm_timeout_s
 
     # forward pieces of one block, each returning the boundary tensors it produced
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -194,8 +248,10 @@ class PhasedStage(nn.Module):
                                cls._params(st.final_norm, st.head))
         else:
             g["y"] = grad_b
+        comm = _CommLane(module_f.comm, ann, module_f.comm_timeout_s)
         x, fwd_recs = x_f, []
         n = max(len(fwd_blocks), len(bwd_blocks))
+        pending_cb: _Pending | None = None  # combine(B) of the next block, already queued
         for i in range(n):
             fb = fwd_blocks[i] if i < len(fwd_blocks) else None
             j = len(bwd_blocks) - 1 - i
@@ -204,36 +260,46 @@ class PhasedStage(nn.Module):
             brec = bwd_recs[j] if bb is not None else None
             mlp_w: list[Callable[[], None]] = []
             attn_w: list[Callable[[], None]] = []
-            if bb is not None:
-                with ann("combine(B)"):
-                    module_b._combine_b(bb, brec, g)
+            # comm lane: combine(B) | dispatch(F) dispatch(B) | combine(F) | (next combine(B))
+            # main:      attn(F)    | mlp(B)  mlp(W) mlp(F)   | attn(B)    | attn(W)
+            cb = pending_cb
+            if cb is None and bb is not None:
+                cb = comm.submit("combine(B)", module_b._combine_b, bb, brec, g)
+            pending_cb = None
             if fb is not None:
                 with ann("attn(F)"):
                     cls._attn(fb, frec)
-                with ann("dispatch(F)"):
-                    cls._dispatch(fb, frec)
+            comm.wait(cb)
+            df = comm.submit("dispatch(F)", cls._dispatch, fb, frec) if fb is not None else None
+            db = None
             if bb is not None:
                 with ann("mlp(B)"), STORE.capture() as mlp_w:
                     module_b._mlp_b(bb, brec, g)
+                # dispatch(B) only touches g["recv_x"/"recv_w"] (written by mlp(B)) and sets
+                # g["u"] / g["w"]; attn(B) reads them after the wait below.
+                db = comm.submit("dispatch(B)", module_b._dispatch_b, bb, brec, g)
                 with ann("mlp(W)"):
                     for fn in mlp_w:
                         fn()
+            comm.wait(df)
             if fb is not None:
                 with ann("mlp(F)"):
                     cls._mlp(fb, frec)
+            comm.wait(db)
+            cf = comm.submit("combine(F)", cls._combine, fb, frec) if fb is not None else None
             if bb is not None:
-                with ann("dispatch(B)"):
-                    module_b._dispatch_b(bb, brec, g)
                 with ann("attn(B)"), STORE.capture() as attn_w:
                     module_b._attn_b(bb, brec, g)
-            if fb is not None:
-                with ann("combine(F)"):
-                    x = cls._combine(fb, frec)
-                fwd_recs.append(frec)
-            if bb is not None:
+                if j - 1 >= 0:  # the next block's combine(B) overlaps attn(W)
+                    pending_cb = comm.submit("combine(B)", module_b._combine_b,
+                                             bwd_blocks[j - 1], bwd_recs[j - 1], g)
                 with ann("attn(W)"):
                     for fn in attn_w:
                         fn()
+            if fb is not None:
+                x = comm.wait(cf)
+                fwd_recs.append(frec)
+        comm.wait(pending_cb)
         x_b = bwd_recs[0]["x"]
         if x_b.requires_grad and x_b.is_leaf and g.get("y") is not None:
             x_b.grad = g["y"] if x_b.grad is None else x_b.grad + g["y"]
@@ -292,8 +358,11 @@ def run(ctx: Any, session: Any, cfg: dict[str, Any]) -> dict[str, Any]:
         ep = EPGroup(ep_layout, group=ctx.ep_group, hook=session)
     mcfg = model_config(cfg, ep.layout if ep else None)
     annotate = session.annotate
+    comm = getattr(ctx, "comm_stream", None) if cfg.get("overlap_comm", True) else None
+    timeout_s = float(getattr(ctx, "timeout_s", 120.0))
     modules = [PhasedStage(build_stage(mcfg, sched.stage(pipe_rank, c), sched.n_stages, seed, ep),
-                           annotate).to(ctx.device) for c in range(sched.n_chunks)]
+                           annotate, comm, timeout_s).to(ctx.device)
+               for c in range(sched.n_chunks)]
     batch, seq = int(cfg.get("batch", 2)), int(cfg.get("seq", 8))
     pp_ranks = layout.pp_group(ep_index) if layout else [ctx.rank]
 

@@ -9,6 +9,9 @@ per-parameter sums (relative 1e-9: sums of O(1e2) terms with cancellation).
 
 from __future__ import annotations
 
+import gzip
+import json
+
 import pytest
 
 from overlapscope.analyzers.load import load_run
@@ -61,3 +64,44 @@ def test_dualpipe_moe_matches_reference_and_conforms(tmp_path, schedule) -> None
     assert table["rank"].to_list() == [0, 1, 2, 3]
     assert table["conforms"].all()
     assert (table["bubble_ns"] >= 0).all()
+
+
+COMM_PHASES = ("dispatch(F)", "combine(B)")
+COMPUTE_PHASES = ("attn(F)", "mlp(B)")
+
+
+def _phase_intervals(path) -> tuple[int | None, dict[str, list[tuple[int, float, float]]]]:
+    """Declared comm tid and, per phase name, its annotations as (tid, start_us, end_us)."""
+    with gzip.open(path, "rt") as fh:
+        doc = json.load(fh)
+    out: dict[str, list[tuple[int, float, float]]] = {}
+    for ev in doc["traceEvents"]:
+        if ev.get("ph") == "X" and ev.get("cat") == "user_annotation" \
+                and ev.get("name") in COMM_PHASES + COMPUTE_PHASES:
+            ts = float(ev["ts"])
+            out.setdefault(ev["name"], []).append((ev["tid"], ts, ts + float(ev["dur"])))
+    return doc["overlapscope"].get("comm_tid"), out
+
+
+def test_dualpipe_moe_pair_comm_runs_on_comm_thread(tmp_path) -> None:
+    """Inside overlapped F&B pairs dispatch(F)/combine(B) run on the comm thread while
+    attn(F)/mlp(B) compute on the main thread, and their intervals really overlap."""
+    cfg = RunConfig(workload="dualpipe-moe", schedule="dualpipe", pp=2, ep=2, nodes=2,
+                    gpus_per_node=2, micro_batches=N_MICRO, steps=1, out=str(tmp_path))
+    run_local(cfg)
+    files = sorted(tmp_path.glob("rank-*.json.gz"))
+    assert len(files) == 4
+    best_overlap_us = 0.0
+    for path in files:
+        comm_tid, phases = _phase_intervals(path)
+        assert set(phases) == set(COMM_PHASES + COMPUTE_PHASES), path.name
+        comm_tids = {tid for p in COMM_PHASES for tid, _, _ in phases[p]}
+        compute_tids = {tid for p in COMPUTE_PHASES for tid, _, _ in phases[p]}
+        assert comm_tids == {comm_tid}, path.name  # the thread the trace declares
+        assert comm_tid not in compute_tids, path.name
+        comm = [iv for p in COMM_PHASES for iv in phases[p]]
+        compute = [iv for p in COMPUTE_PHASES for iv in phases[p]]
+        for _, c0, c1 in comm:
+            for _, m0, m1 in compute:
+                best_overlap_us = max(best_overlap_us, min(c1, m1) - max(c0, m0))
+    assert best_overlap_us > 0.0
