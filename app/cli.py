@@ -1,4 +1,4 @@
-"""`overlapscope` command line: profile | analyze | compare | dashboard | tune-dispatch.
+"""`overlapscope` command line: analyze | profile | tune-dispatch.
 
 Each sub-command lives in its own module under app/commands and is registered
 here. Exit status: 0 success, 2 bad input, 1 failed regression threshold.
