@@ -96,10 +96,11 @@ def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
 
 
 class _Pending:
-    """A component queued on the comm lane (a future, or a finished inline value)."""
+    """A component handed to the comm lane: a future, a deferred thunk or a value."""
 
-    def __init__(self, future: Any = None, value: Any = None) -> None:
-        self.future, self.value = future, value
+    def __init__(self, future: Any = None, thunk: Callable[[], Any] | None = None,
+                 value: Any = None) -> None:
+        self.future, self.thunk, self.value = future, thunk, value
 
 
 class _CommLane:
@@ -107,7 +108,9 @@ class _CommLane:
 
     Each submitted component runs inside its phase annotation *on the comm thread*, so
     the trace shows it on that thread while the main thread computes. Without a stream
-    (tests, single-process use) components run inline at submit time.
+    (tests, single-process use) components run inline: at submit time, or with
+    ``defer=True`` at :meth:`start` / :meth:`wait`, which keeps the sequential order of
+    V3 Fig. 4 (the order of the phase list in the module docstring).
 
     Process groups: while components of a pair are queued the main thread only
     computes (PP P2P happens outside the pair, on the PP group), so the EP group is
@@ -119,17 +122,25 @@ class _CommLane:
     def __init__(self, stream: Any, annotate: Callable[[str], Any], timeout_s: float) -> None:
         self.stream, self.annotate, self.timeout_s = stream, annotate, timeout_s
 
-    def submit(self, phase: str, fn: Callable[..., Any], *args: Any) -> _Pending:
+    def submit(self, phase: str, fn: Callable[..., Any], *args: Any,
+               defer: bool = False) -> _Pending:
         def body() -> Any:
             with self.annotate(phase):
                 return fn(*args)
-        if self.stream is None:
-            return _Pending(value=body())
-        return _Pending(future=self.stream.submit(body))
+        if self.stream is not None:
+            return _Pending(future=self.stream.submit(body))
+        return _Pending(thunk=body) if defer else _Pending(value=body())
+
+    def start(self, pending: _Pending | None) -> None:
+        """Inline mode: run a deferred component now (a stream has started it already)."""
+        if pending is not None and pending.thunk is not None:
+            pending.value, pending.thunk = pending.thunk(), None
 
     def wait(self, pending: _Pending | None) -> Any:
+        """The component's result, once it finished."""
         if pending is None:
             return None
+        self.start(pending)
         if pending.future is not None:
             pending.value, pending.future = pending.future.result(self.timeout_s), None
         return pending.value
@@ -260,12 +271,13 @@ class PhasedStage(nn.Module):
             brec = bwd_recs[j] if bb is not None else None
             mlp_w: list[Callable[[], None]] = []
             attn_w: list[Callable[[], None]] = []
-            # comm lane: combine(B) | dispatch(F) dispatch(B) | combine(F) | (next combine(B))
-            # main:      attn(F)    | mlp(B)  mlp(W) mlp(F)   | attn(B)    | attn(W)
-            cb = pending_cb
+            # comm lane: combine(B) | dispatch(F) dispatch(B)    | combine(F) | next combine(B)
+            # main:      attn(F)    | mlp(B) mlp(W) mlp(F)       | attn(B)    | attn(W)
+            # Inline (no stream) the same calls run in the docstring's sequential order.
+            cb, pending_cb = pending_cb, None
             if cb is None and bb is not None:
                 cb = comm.submit("combine(B)", module_b._combine_b, bb, brec, g)
-            pending_cb = None
+            comm.start(cb)
             if fb is not None:
                 with ann("attn(F)"):
                     cls._attn(fb, frec)
@@ -275,9 +287,9 @@ class PhasedStage(nn.Module):
             if bb is not None:
                 with ann("mlp(B)"), STORE.capture() as mlp_w:
                     module_b._mlp_b(bb, brec, g)
-                # dispatch(B) only touches g["recv_x"/"recv_w"] (written by mlp(B)) and sets
-                # g["u"] / g["w"]; attn(B) reads them after the wait below.
-                db = comm.submit("dispatch(B)", module_b._dispatch_b, bb, brec, g)
+                # dispatch(B) pops g["recv_x"/"recv_w"] (written by mlp(B)) and sets
+                # g["u"] / g["w"]; only attn(B), after the wait below, reads them.
+                db = comm.submit("dispatch(B)", module_b._dispatch_b, bb, brec, g, defer=True)
                 with ann("mlp(W)"):
                     for fn in mlp_w:
                         fn()
@@ -286,19 +298,21 @@ class PhasedStage(nn.Module):
                 with ann("mlp(F)"):
                     cls._mlp(fb, frec)
             comm.wait(db)
-            cf = comm.submit("combine(F)", cls._combine, fb, frec) if fb is not None else None
+            cf = (comm.submit("combine(F)", cls._combine, fb, frec, defer=True)
+                  if fb is not None else None)
             if bb is not None:
                 with ann("attn(B)"), STORE.capture() as attn_w:
                     module_b._attn_b(bb, brec, g)
-                if j - 1 >= 0:  # the next block's combine(B) overlaps attn(W)
-                    pending_cb = comm.submit("combine(B)", module_b._combine_b,
-                                             bwd_blocks[j - 1], bwd_recs[j - 1], g)
-                with ann("attn(W)"):
-                    for fn in attn_w:
-                        fn()
             if fb is not None:
                 x = comm.wait(cf)
                 fwd_recs.append(frec)
+            if bb is not None:
+                if j - 1 >= 0:  # the next block's combine(B) overlaps attn(W)
+                    pending_cb = comm.submit("combine(B)", module_b._combine_b, bwd_blocks[j - 1],
+                                             bwd_recs[j - 1], g, defer=True)
+                with ann("attn(W)"):
+                    for fn in attn_w:
+                        fn()
         comm.wait(pending_cb)
         x_b = bwd_recs[0]["x"]
         if x_b.requires_grad and x_b.is_leaf and g.get("y") is not None:
