@@ -59,10 +59,10 @@ def total(df: pl.DataFrame, by: list[str], name: str = "length_ns") -> pl.DataFr
     return u.group_by(by, maintain_order=True).agg((pl.col(END) - pl.col(START)).sum().alias(name))
 
 
-def _sweep(a: pl.DataFrame, b: pl.DataFrame, by: list[str], keep: pl.Expr) -> pl.DataFrame:
+def _sweep(ua: pl.DataFrame, ub: pl.DataFrame, by: list[str], keep: pl.Expr) -> pl.DataFrame:
     """Segments of the timeline where ``keep`` holds for the coverage counts
-    ``ca`` (of U(a)) and ``cb`` (of U(b)), merged into disjoint intervals."""
-    ua, ub = union(a, by), union(b, by)
+    ``ca`` (of ``ua``) and ``cb`` (of ``ub``), both already unions, merged into
+    disjoint intervals."""
     cols = [*by, "t", "da", "db"]
     parts = [
         ua.select(*by, pl.col(START).alias("t"), pl.lit(1).alias("da"), pl.lit(0).alias("db")),
@@ -87,16 +87,18 @@ def _sweep(a: pl.DataFrame, b: pl.DataFrame, by: list[str], keep: pl.Expr) -> pl
 
 def intersect(a: pl.DataFrame, b: pl.DataFrame, by: list[str]) -> pl.DataFrame:
     """U(a) ∩ U(b) per group as disjoint intervals: [*by, start_ns, end_ns]."""
-    if union(a, by).is_empty() or union(b, by).is_empty():
+    ua, ub = union(a, by), union(b, by)
+    if ua.is_empty() or ub.is_empty():
         return _empty(a, by)
-    return _sweep(a, b, by, (pl.col("ca") > 0) & (pl.col("cb") > 0))
+    return _sweep(ua, ub, by, (pl.col("ca") > 0) & (pl.col("cb") > 0))
 
 
 def subtract(a: pl.DataFrame, b: pl.DataFrame, by: list[str]) -> pl.DataFrame:
     """U(a) minus U(b) per group as disjoint intervals."""
-    if union(a, by).is_empty():
+    ua = union(a, by)
+    if ua.is_empty():
         return _empty(a, by)
-    return _sweep(a, b, by, (pl.col("ca") > 0) & (pl.col("cb") <= 0))
+    return _sweep(ua, union(b, by), by, (pl.col("ca") > 0) & (pl.col("cb") <= 0))
 
 
 def clip(df: pl.DataFrame, window: pl.DataFrame, by: list[str]) -> pl.DataFrame:

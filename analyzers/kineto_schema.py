@@ -58,10 +58,9 @@ class EventArgs(msgspec.Struct, omit_defaults=True, gc=False):
     name: Id | None = None
 
 
-class TraceEvent(msgspec.Struct, gc=False):
-    """One entry of ``traceEvents``; ``ts``/``dur`` are microseconds."""
+class _EventFields(msgspec.Struct, gc=False):
+    """Fields of one entry of ``traceEvents``; ``ts``/``dur`` are microseconds."""
 
-    ph: str = ""
     cat: str = ""
     name: str = ""
     pid: Id = 0
@@ -69,6 +68,12 @@ class TraceEvent(msgspec.Struct, gc=False):
     ts: Num | None = None
     dur: Num | None = None
     args: EventArgs | None = None
+
+
+class TraceEvent(_EventFields):
+    """One entry of ``traceEvents`` with its phase as a plain field (generic path)."""
+
+    ph: str = ""
 
 
 class DistributedInfo(msgspec.Struct):
@@ -87,14 +92,19 @@ class DeviceProperties(msgspec.Struct):
     numSms: int | None = None  # noqa: N815 - Kineto's spelling
 
 
-class KinetoTrace(msgspec.Struct):
-    """The top level of a Kineto JSON trace."""
+class _TraceHeader(msgspec.Struct):
+    """Top-level keys of a Kineto JSON trace besides its events."""
 
-    traceEvents: list[TraceEvent] | None = None  # noqa: N815
     distributedInfo: DistributedInfo | None = None  # noqa: N815
     deviceProperties: list[DeviceProperties] | None = None  # noqa: N815
     baseTimeNanoseconds: int | None = None  # noqa: N815
     overlapscope: dict | None = None
+
+
+class KinetoTrace(_TraceHeader):
+    """The top level of a Kineto JSON trace."""
+
+    traceEvents: list[TraceEvent] | None = None  # noqa: N815
 
 
 # --- Fast path: a union tagged by "ph". Only complete events ("X") and counters ("C")
@@ -103,14 +113,8 @@ class KinetoTrace(msgspec.Struct):
 # nothing. An unknown phase fails this decoder and the file takes the generic path.
 
 
-class _TaggedEvent(msgspec.Struct, gc=False, tag_field="ph"):
-    cat: str = ""
-    name: str = ""
-    pid: Id = 0
-    tid: Id = 0
-    ts: Num | None = None
-    dur: Num | None = None
-    args: EventArgs | None = None
+class _TaggedEvent(_EventFields, tag_field="ph"):
+    """An event whose phase is the tag of its struct type."""
 
 
 class CompleteEvent(_TaggedEvent, tag="X"):
@@ -137,11 +141,7 @@ FastEvent = Union[CompleteEvent, CounterEvent, *_SKIP_TYPES]  # noqa: UP007
 KEPT_EVENT_TYPES = (CompleteEvent, CounterEvent)
 
 
-class FastKinetoTrace(msgspec.Struct):
+class FastKinetoTrace(_TraceHeader):
     """KinetoTrace whose events are decoded through the phase-tagged union."""
 
     traceEvents: list[FastEvent] | None = None  # type: ignore[valid-type]  # noqa: N815
-    distributedInfo: DistributedInfo | None = None  # noqa: N815
-    deviceProperties: list[DeviceProperties] | None = None  # noqa: N815
-    baseTimeNanoseconds: int | None = None  # noqa: N815
-    overlapscope: dict | None = None

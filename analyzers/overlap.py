@@ -400,14 +400,17 @@ def coverage_by_name(per: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def sm_split(frames: TraceFrames, *, rules: RuleSet | None = None) -> pl.DataFrame:
+def sm_split(
+    frames: TraceFrames, *, rules: RuleSet | None = None, prep: Prepared | None = None
+) -> pl.DataFrame:
     """SMs used by comm kernels vs persistent GEMMs, against numSms (BRIEF §4.7).
 
     comm_sms = largest grid (blocks) of a comm kernel; compute_cap_sms = largest
     grid of a GEMM-like kernel that fits on the device (persistent kernels launch
-    at most one CTA per SM); comm_share = comm_sms / num_sms.
+    at most one CTA per SM); comm_share = comm_sms / num_sms. Clipping to the
+    window keeps every item, so ``prep.items`` serves as well as fresh items.
     """
-    items = work_items(frames, rules)
+    items = prep.items if prep is not None else work_items(frames, rules)
     num_sms = frames.ranks.select("rank", "num_sms")
     kernels = items.filter(pl.col("cat") == "kernel").join(num_sms, on="rank", how="left")
     # Only kernels that are communication by their own name: helpers promoted by the

@@ -98,7 +98,7 @@ def build_report(
             tables["kernels"] = ov.coverage_by_name(cov)
             tables["worst_kernels"] = cov.head(top)
         if frames.is_gpu:
-            tables["sm_split"] = ov.sm_split(frames, rules=rules)
+            tables["sm_split"] = ov.sm_split(frames, rules=rules, prep=prep)
     elif frames.warp_events.is_empty():
         notes.append("no GPU activities and no host operators: nothing to measure overlap on")
     _add_optional(tables, notes, frames, hta_compat)
