@@ -18,7 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
-from overlapscope.analyzers.kineto_decode import FileFrames
+from overlapscope.analyzers.kineto.decode import FileFrames
 
 #: Bump when FileFrames or any frame schema changes: old entries are then ignored.
 CACHE_SCHEMA_VERSION = 2

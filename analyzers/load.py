@@ -23,7 +23,7 @@ from overlapscope.analyzers import frames as F
 from overlapscope.analyzers.cache import load_cached, store
 from overlapscope.analyzers.errors import TraceError
 from overlapscope.analyzers.frames import TraceFrames
-from overlapscope.analyzers.kineto_decode import FileFrames, decode_file, rank_from_name
+from overlapscope.analyzers.kineto.decode import FileFrames, decode_file, rank_from_name
 
 TRACE_SUFFIXES = (".json", ".json.gz")
 MANIFEST = "run.json"
@@ -106,7 +106,7 @@ def load_run(
 
 def _load_warp_csv(path: Path) -> TraceFrames:
     """A per-warp event table (the H200 fixture CSV format) as a warp-only run."""
-    from overlapscope.analyzers.warp_csv import read_warp_csv
+    from overlapscope.analyzers.warps.csv import read_warp_csv
 
     warps = read_warp_csv(path)
     schemas = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from overlapscope.analyzers.timeconv import decimal_text_us_to_ns, needs_text_path, us_to_ns
+from overlapscope.analyzers.kineto.timeconv import decimal_text_us_to_ns, needs_text_path, us_to_ns
 
 
 def test_float_path_keeps_nanoseconds_of_relative_kineto_times() -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from overlapscope.analyzers.errors import TraceError
 from overlapscope.analyzers.frames import WARP_EVENTS_SCHEMA
-from overlapscope.analyzers.warp_csv import read_warp_csv
+from overlapscope.analyzers.warps.csv import read_warp_csv
 from overlapscope.analyzers.warps import align_warp_events_to_kernel
 
 H200 = Path(__file__).resolve().parents[2] / "sample_traces" / "h200"

@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from overlapscope.analyzers.warps_roles import kernel_spans
+from overlapscope.analyzers.warps.roles import kernel_spans
 
 #: Link limits used when neither the caller nor the trace gives any (GB/s per GPU).
 DEFAULT_LINK_GBPS: dict[str, float] = {"ib": 50.0, "nvl": 160.0}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from overlapscope.analyzers.warps_roles import kernel_spans, role_stage
+from overlapscope.analyzers.warps.roles import kernel_spans, role_stage
 
 COORD_LAG_SCHEMA: dict[str, pl.DataType] = {
     "rank": pl.Int32,

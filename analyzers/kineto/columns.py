@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 
 from overlapscope.analyzers import frames as F
-from overlapscope.analyzers.kineto_schema import EventArgs, TraceEvent
+from overlapscope.analyzers.kineto.schema import EventArgs, TraceEvent
 
 GPU_CATS = ["kernel", "gpu_memcpy", "gpu_memset", "memcpy", "memset", "cuda_kernel"]
 ANNOTATION_CATS = ["user_annotation", "gpu_user_annotation"]

@@ -25,7 +25,7 @@ from typing import Any
 
 import polars as pl
 
-from overlapscope.analyzers.warps_roles import kernel_spans, role_stage
+from overlapscope.analyzers.warps.roles import kernel_spans, role_stage
 
 RINGS_SCHEMA: dict[str, pl.DataType] = {
     "rank": pl.Int32,

@@ -1,12 +1,12 @@
 """Warp-role analysis of a warp-specialized dispatch kernel: one call, one bundle.
 
 ``analyze_warps`` takes a ``warp_events`` frame (``WARP_EVENTS_SCHEMA``, from our
-traces' ``warp_role`` events or from the H200 CSVs via ``warp_csv``) and returns
+traces' ``warp_role`` events or from the H200 CSVs via ``warps.csv``) and returns
 ``WarpAnalysis``: busy / wait-reason fractions per role and per (role, channel),
 per-warp instances, bytes and bandwidth per link against its limit, ring full /
 empty fractions, coordinator lag, straggler channels and a diagnosis in words.
-Each piece lives in its own module (``warps_roles``, ``warps_links``,
-``warps_rings``, ``warps_health``, ``warps_diagnosis``, ``warps_align``) and is
+Each piece lives in its own module (``roles``, ``links``,
+``rings``, ``health``, ``diagnosis``, ``align``) and is
 re-exported here.
 """
 
@@ -19,12 +19,12 @@ from typing import Any
 import polars as pl
 
 from overlapscope.analyzers.frames import WARP_EVENTS_SCHEMA
-from overlapscope.analyzers.warps_align import align_warp_events_to_kernel
-from overlapscope.analyzers.warps_diagnosis import Thresholds, diagnose, diagnosis_text
-from overlapscope.analyzers.warps_health import coordinator_lag, stragglers
-from overlapscope.analyzers.warps_links import link_bandwidth, link_limits
-from overlapscope.analyzers.warps_rings import ring_capacity_from, ring_fractions
-from overlapscope.analyzers.warps_roles import kernel_spans, role_instances, role_summary
+from overlapscope.analyzers.warps.align import align_warp_events_to_kernel
+from overlapscope.analyzers.warps.diagnosis import Thresholds, diagnose, diagnosis_text
+from overlapscope.analyzers.warps.health import coordinator_lag, stragglers
+from overlapscope.analyzers.warps.links import link_bandwidth, link_limits
+from overlapscope.analyzers.warps.rings import ring_capacity_from, ring_fractions
+from overlapscope.analyzers.warps.roles import kernel_spans, role_instances, role_summary
 
 __all__ = [
     "WarpAnalysis", "Thresholds", "analyze_warps", "align_warp_events_to_kernel",

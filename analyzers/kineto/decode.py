@@ -1,6 +1,6 @@
 """Decode one Kineto trace file into per-file polars frames (absolute ns times).
 
-The fast path decodes straight into the msgspec types of kineto_schema.py and
+The fast path decodes straight into the msgspec types of schema.py and
 builds columns group by group (GPU activities, host ops, annotations, ...). A
 file whose events do not fit those types is decoded generically and converted
 event by event, so one odd event never costs the rest of the file.
@@ -22,14 +22,14 @@ import numpy as np
 import polars as pl
 
 from overlapscope.analyzers.errors import TraceError
-from overlapscope.analyzers.kineto_columns import build_frames
-from overlapscope.analyzers.kineto_schema import (
+from overlapscope.analyzers.kineto.columns import build_frames
+from overlapscope.analyzers.kineto.schema import (
     KEPT_EVENT_TYPES,
     FastKinetoTrace,
     KinetoTrace,
     TraceEvent,
 )
-from overlapscope.analyzers.timeconv import decimal_text_us_to_ns, needs_text_path, us_to_ns
+from overlapscope.analyzers.kineto.timeconv import decimal_text_us_to_ns, needs_text_path, us_to_ns
 
 _RANK_IN_NAME = re.compile(r"rank[-_]?(\d+)", re.IGNORECASE)
 _DECODER = msgspec.json.Decoder(FastKinetoTrace, strict=False)

@@ -6,7 +6,7 @@ are not tracked by Python's cycle collector (``gc=False``: they hold no cycles),
 so millions of them do not trigger collection passes while a trace loads. Every field is
 optional and loosely typed (numbers may arrive as int or float, ids as int or
 string) because traces from other tools bend the format; a file that still
-does not fit these types is decoded generically (see kineto_decode.py).
+does not fit these types is decoded generically (see decode.py).
 """
 
 from __future__ import annotations
