@@ -16,3 +16,11 @@ class TraceError(Exception):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # Rebuilt from (path, reason) when sent back from a worker process.
+        return (type(self), (self.path, self.reason))
+
+
+class WindowError(ValueError):
+    """An analysis-window regex that is invalid or matches no annotation (bad input)."""

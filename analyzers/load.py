@@ -30,6 +30,17 @@ MANIFEST = "run.json"
 
 #: Called with (file path, index, number of files) before each file is read.
 ProgressFn = Callable[[Path, int, int], None]
+#: Decodes a run's files, in order: ``decoder(files, cache)`` -> FileFrames per file.
+#: The default decodes one after another; the batch API passes a process pool.
+Decoder = Callable[[list[Path], bool], Iterable[FileFrames]]
+
+
+def run_files(path: str | Path) -> list[Path]:
+    """The trace files a path stands for: itself, or a run directory's rank files."""
+    path = Path(path)
+    if not path.exists():
+        raise TraceError(path, "no such file or directory")
+    return discover_rank_files(path) if path.is_dir() else [path]
 
 
 def discover_rank_files(run_dir: Path) -> list[Path]:
@@ -81,6 +92,7 @@ def load_run(
     cache: bool = True,
     gpus_per_node: int | None = None,
     progress: ProgressFn | None = None,
+    decoder: Decoder | None = None,
 ) -> TraceFrames:
     """Load a trace file or run directory into one TraceFrames bundle.
 
@@ -96,10 +108,13 @@ def load_run(
     files = discover_rank_files(path) if path.is_dir() else [path]
     manifest = _read_manifest(path) if path.is_dir() else {}
     loaded: list[FileFrames] = []
-    for i, file in enumerate(files):
-        if progress:
-            progress(file, i, len(files))
-        loaded.append(load_file(file, cache=cache))
+    if decoder is not None:
+        loaded = list(decoder(files, cache))
+    else:
+        for i, file in enumerate(files):
+            if progress:
+                progress(file, i, len(files))
+            loaded.append(load_file(file, cache=cache))
     ranks = _assign_ranks(files, loaded)
     return _assemble(path, loaded, ranks, manifest, gpus_per_node)
 

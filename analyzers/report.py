@@ -1,184 +1,420 @@
-"""Report: everything the CLI and the dashboard show about one run, as frames.
+"""Report: the declared registry of tables and headline metrics, and one Report per run.
 
-``build_report(frames)`` runs every analyzer that applies to the trace and
-collects the results under stable table names. Renderers (app/) turn a Report
-into terminal tables, JSON, CSV, markdown or dashboard views; nothing here
-prints or plots.
+Every table the toolkit shows is declared once in :data:`TABLES` (its builder, its
+columns, a one-line meaning, and why it may not apply); every headline metric once in
+:data:`METRICS` (stable name, unit, which direction is better, how it is computed from
+its table). The CLI, the dashboard and ``compare`` read these declarations; nothing
+else decides which tables exist.
+
+``build_report(frames, options)`` computes a Report in one pass: the frames are
+classified once, work items and the analysis window prepared once (:class:`Inputs`),
+and each declared table is built from them. A table that does not apply to the trace
+is listed in ``Report.not_applicable`` with the reason; a builder that raises is a bug
+and lands in ``Report.failures`` (the CLI exits 3), never silently absent.
 """
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
-from overlapscope.analyzers import overlap as ov
-from overlapscope.analyzers.classify import RuleSet, classify_frames
-from overlapscope.analyzers.frames import TraceFrames
+from overlapscope.analyzers.columns import column_meaning, column_unit
+from overlapscope.analyzers.inputs import Inputs, ReportOptions
+from overlapscope.analyzers.tables import BUILDERS
 
-#: Table names in display order, with one line saying what each holds.
-TABLES: dict[str, str] = {
-    "summary": "Overlap per GPU (BRIEF §4.1-4.4): busy, overlapped and exposed comm, idle",
-    "streams": "Per stream: busy time and how much of its comm is hidden",
-    "annotations": "Per annotation name: GPU span, comm hidden under compute, pairing",
-    "kernels": "Comm kernels by name: share of their time hidden under compute",
-    "worst_kernels": "The least hidden comm kernel instances",
-    "sm_split": "SMs held by comm kernels vs persistent GEMMs",
-    "temporal_breakdown": "Compute / comm / memory / idle time per GPU",
-    "kernel_breakdown": "Kernel time by class and name",
-    "traffic": "Bytes by link class (IB / NVLink / local) per rank",
-    "traffic_by_collective": "Bytes by link class per collective",
-    "pipeline": "Pipeline bubbles per rank vs theory",
-    "warp_roles": "Per-warp role busy / wait fractions",
-    "warp_links": "Bytes and achieved bandwidth per link vs its limit",
-    "warp_rings": "Ring full / empty fractions",
-    "warp_diagnosis": "The bottleneck role and the remedy",
+__all__ = [
+    "METRICS",
+    "TABLES",
+    "Inputs",
+    "Metric",
+    "Report",
+    "ReportOptions",
+    "TableSpec",
+    "build_report",
+]
+
+Better = Literal["higher", "lower", "neutral"]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One declared table: name, meaning, builder, columns and display choices.
+
+    ``columns``: every column the builder returns, in order (units come from the
+    name suffix, meanings from :mod:`overlapscope.analyzers.columns`). ``display``:
+    the columns a terminal shows, most important first (narrow terminals drop from
+    the end). ``keys``: the columns that identify a row (for compare and joins).
+    """
+
+    name: str
+    meaning: str
+    columns: tuple[str, ...]
+    display: tuple[str, ...]
+    keys: tuple[str, ...]
+    default: bool = False
+
+    @property
+    def build(self) -> Callable[[Inputs], pl.DataFrame | str]:
+        """The builder: returns the table, or a string saying why it does not apply."""
+        return BUILDERS[self.name]
+
+    def unit(self, column: str) -> str:
+        """Unit of ``column`` (ns, bytes, fraction, count, GB/s, percent, or '')."""
+        return column_unit(column)
+
+    def describe(self, column: str) -> str:
+        """One-line meaning of ``column``."""
+        return column_meaning(column)
+
+
+def _t(name: str, meaning: str, columns: str, display: str, keys: str, default: bool = False):
+    return TableSpec(
+        name, meaning, tuple(columns.split()), tuple(display.split()), tuple(keys.split()),
+        default,
+    )
+
+
+_DEV = "rank device"
+#: Every table, in display order.
+TABLES: dict[str, TableSpec] = {
+    t.name: t
+    for t in (
+        _t(
+            "summary",
+            "Overlap per GPU (per host for CPU traces) inside the analysis window",
+            f"{_DEV} span_ns compute_busy_ns comm_busy_ns overlap_ns overlap_ratio "
+            "exposed_comm_ns exposed_fraction idle_ns overlap_memory_ns memory_busy_ns "
+            "busy_ns win_start_ns win_end_ns from_annotation",
+            f"{_DEV} span_ns compute_busy_ns comm_busy_ns overlap_ratio exposed_comm_ns "
+            "exposed_fraction idle_ns overlap_memory_ns",
+            _DEV,
+            default=True,
+        ),
+        _t(
+            "streams",
+            "Per stream (thread on CPU): busy time and how much of its comm is hidden",
+            f"{_DEV} stream stream_role comm_type n_items n_comm busy_ns comm_busy_ns "
+            "overlap_ns overlap_ratio exposed_comm_ns",
+            f"{_DEV} stream stream_role comm_type busy_ns comm_busy_ns overlap_ratio "
+            "exposed_comm_ns",
+            f"{_DEV} stream",
+            default=True,
+        ),
+        _t(
+            "annotations",
+            "Per annotation (instances rolled up by pattern): its comm and what hides it",
+            f"{_DEV} name instances cpu_dur_ns gpu_span_ns comm_busy_ns compute_busy_ns "
+            "comm_hidden_ns exposed_comm_ns overlap_ratio paired_with first_start_ns",
+            f"{_DEV} name instances comm_busy_ns overlap_ratio exposed_comm_ns gpu_span_ns "
+            "paired_with cpu_dur_ns",
+            f"{_DEV} name",
+            default=True,
+        ),
+        _t(
+            "kernels",
+            "Comm kernels (comm ops on CPU) by name: share of their time hidden",
+            f"{_DEV} name comm_type count dur_ns hidden_ns coverage worst_coverage",
+            f"{_DEV} name count dur_ns coverage worst_coverage comm_type",
+            f"{_DEV} name",
+            default=True,
+        ),
+        _t(
+            "worst_kernels",
+            "The least hidden comm kernel instances",
+            f"{_DEV} stream name comm_type start_ns dur_ns hidden_ns coverage",
+            f"{_DEV} name dur_ns coverage start_ns stream",
+            f"{_DEV} stream start_ns",
+        ),
+        _t(
+            "sm_split",
+            "SMs held by comm kernels vs the largest persistent GEMM grid vs the GPU's SMs",
+            f"{_DEV} num_sms comm_sms comm_kernel compute_cap_sms comm_share",
+            f"{_DEV} num_sms comm_sms compute_cap_sms comm_share comm_kernel",
+            _DEV,
+            default=True,
+        ),
+        _t(
+            "temporal_breakdown",
+            "Window time split into compute / comm / memory / idle (HTA-style)",
+            f"{_DEV} window_ns compute_ns comm_ns memory_ns other_ns idle_ns non_compute_ns "
+            "compute_pct comm_pct memory_pct other_pct idle_pct non_compute_pct "
+            "window_start_ns window_end_ns",
+            f"{_DEV} window_ns compute_pct comm_pct memory_pct idle_pct",
+            _DEV,
+        ),
+        _t(
+            "kernel_breakdown",
+            "GPU time by kind and kernel name (HTA-style kernel statistics)",
+            "rank kind name comm_type count sum_ns mean_ns min_ns max_ns std_ns pct_of_kind",
+            "rank kind name count sum_ns mean_ns pct_of_kind",
+            "rank kind name",
+        ),
+        _t(
+            "pipeline",
+            "Pipeline bubble per step and rank, against the schedule's formula",
+            "step rank schedule pp n_ops window_ns busy_ns bubble_ns bubble_fraction t_f_ns "
+            "t_b_ns t_w_ns t_fb_ns theory_bubble_ns measured_over_theory delta_ns "
+            "peak_activations activation_bound first_divergence expected_op observed_op "
+            "conforms",
+            "step rank schedule bubble_ns bubble_fraction theory_bubble_ns "
+            "measured_over_theory peak_activations activation_bound conforms",
+            "step rank",
+        ),
+        _t(
+            "pipeline_ops",
+            "Every schedule op (F, B, I, W, FB) with its time span, per rank",
+            "step rank pos schedule op mb stage mb_b stage_b label start_ns end_ns dur_ns",
+            "step rank pos op label start_ns dur_ns",
+            "step rank pos",
+        ),
+        _t(
+            "traffic",
+            "Bytes sent per source rank by link class (local / NVLink / IB)",
+            "src_rank total_bytes ib_bytes nvl_bytes local_bytes unknown_bytes "
+            "estimated_bytes ib_fraction",
+            "src_rank total_bytes ib_bytes nvl_bytes local_bytes ib_fraction",
+            "src_rank",
+        ),
+        _t(
+            "traffic_by_collective",
+            "Bytes by link class per collective / exchange kind",
+            "collective total_bytes ib_bytes nvl_bytes local_bytes unknown_bytes "
+            "estimated_bytes ib_fraction",
+            "collective total_bytes ib_bytes nvl_bytes local_bytes ib_fraction",
+            "collective",
+        ),
+        _t(
+            "traffic_by_phase",
+            "Bytes by link class per source rank and phase (dispatch(F), combine(B), ...)",
+            "src_rank phase total_bytes ib_bytes nvl_bytes local_bytes unknown_bytes "
+            "estimated_bytes ib_fraction",
+            "src_rank phase total_bytes ib_bytes nvl_bytes ib_fraction",
+            "src_rank phase",
+        ),
+        _t(
+            "traffic_matrix",
+            "Bytes per (source rank, destination rank) and link class",
+            "src_rank dst_rank link bytes",
+            "src_rank dst_rank link bytes",
+            "src_rank dst_rank link",
+        ),
+        _t(
+            "warp_roles",
+            "Per warp role of instrumented dispatch kernels: busy and wait-reason fractions",
+            "rank role stage n_warps start_ns end_ns lifetime_ns busy_ns wait_ns "
+            "unrecorded_ns busy_frac wait_frac unrecorded_frac busy_of_span_frac "
+            "wait_remote_head_frac wait_tail_frac wait_meta_frac wait_window_lock_frac "
+            "idle_sleep_frac",
+            "rank role n_warps busy_frac wait_remote_head_frac wait_tail_frac "
+            "wait_meta_frac idle_sleep_frac busy_of_span_frac",
+            "rank role",
+        ),
+        _t(
+            "warp_links",
+            "Bytes and achieved bandwidth per link class against its limit",
+            "rank link n_events bytes first_ns last_ns active_ns achieved_gbps span_gbps "
+            "limit_gbps util_frac span_util_frac",
+            "rank link bytes achieved_gbps limit_gbps util_frac span_util_frac",
+            "rank link",
+        ),
+        _t(
+            "warp_rings",
+            "Ring buffers: time full / empty and occupancy",
+            "rank kind channel peer source window_ns mean_occupancy max_occupancy "
+            "full_frac empty_frac",
+            "rank kind channel peer full_frac empty_frac mean_occupancy max_occupancy",
+            "rank kind channel peer",
+        ),
+        _t(
+            "warp_diagnosis",
+            "The bottleneck role or link, in words, with a remedy",
+            "rank kind rule subject value_frac primary text remedy",
+            "rank subject value_frac text remedy",
+            "rank kind subject",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A headline metric: a stable name users gate on, with unit and direction.
+
+    ``value`` is a polars aggregation over the rows of ``table`` (the whole run, or
+    the rows of one rank for per-rank values).
+    """
+
+    name: str
+    unit: str
+    better: Better
+    table: str
+    value: pl.Expr
+    meaning: str
+
+
+def _ratio(num: str, den: str) -> pl.Expr:
+    d = pl.col(den).sum()
+    return pl.when(d > 0).then(pl.col(num).sum() / d)
+
+
+def _ms(col: str, how: str = "mean") -> pl.Expr:
+    e = pl.col(col).cast(pl.Float64)
+    return (e.max() if how == "max" else e.sum() if how == "sum" else e.mean()) / 1e6
+
+
+def _m(name: str, unit: str, better: Better, table: str, value: pl.Expr, meaning: str):
+    return Metric(name, unit, better, table, value.alias(name), meaning)
+
+
+#: Headline metrics, in display order.
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        _m("overlap_ratio", "fraction", "higher", "summary", _ratio("overlap_ns", "comm_busy_ns"),
+           "share of comm busy time hidden under compute kernels (all GPUs pooled)"),
+        _m("exposed_comm_ms", "ms", "lower", "summary", _ms("exposed_comm_ns"),
+           "comm time not under compute, mean per GPU"),
+        _m("exposed_fraction", "fraction", "lower", "summary",
+           _ratio("exposed_comm_ns", "span_ns"), "exposed comm / window span (pooled)"),
+        _m("comm_busy_ms", "ms", "neutral", "summary", _ms("comm_busy_ns"),
+           "time with any comm running, mean per GPU"),
+        _m("compute_busy_ms", "ms", "neutral", "summary", _ms("compute_busy_ns"),
+           "time with any compute kernel running, mean per GPU"),
+        _m("span_ms", "ms", "lower", "summary", _ms("span_ns", "max"),
+           "analysis window length, longest GPU"),
+        _m("idle_fraction", "fraction", "lower", "summary", _ratio("idle_ns", "span_ns"),
+           "window time with nothing running / window span (pooled)"),
+        _m("bubble_fraction", "fraction", "lower", "pipeline", _ratio("bubble_ns", "window_ns"),
+           "pipeline bubble / step window (all ranks and steps pooled)"),
+        _m("bubble_ms", "ms", "lower", "pipeline", _ms("bubble_ns"),
+           "pipeline bubble per rank and step, mean"),
+        _m("bubble_over_theory", "ratio", "lower", "pipeline",
+           pl.col("measured_over_theory").mean(), "measured bubble / formula, mean"),
+        _m("ib_bytes", "bytes", "neutral", "traffic", pl.col("ib_bytes").sum(),
+           "bytes sent over InfiniBand (all ranks)"),
+        _m("nvl_bytes", "bytes", "neutral", "traffic", pl.col("nvl_bytes").sum(),
+           "bytes sent over NVLink (all ranks)"),
+        _m("ib_fraction", "fraction", "lower", "traffic",
+           pl.when((pl.col("ib_bytes").sum() + pl.col("nvl_bytes").sum()) > 0).then(
+               pl.col("ib_bytes").sum() / (pl.col("ib_bytes").sum() + pl.col("nvl_bytes").sum())
+           ), "IB bytes / (IB + NVLink bytes)"),
+        _m("comm_sms", "count", "lower", "sm_split", pl.col("comm_sms").max(),
+           "SMs held by the widest comm kernel"),
+        _m("warp_busy_fraction", "fraction", "higher", "warp_roles", pl.col("busy_frac").mean(),
+           "busy / lifetime of warp roles, mean over roles"),
+    )
 }
 
 
 @dataclass
 class Report:
-    """All result tables of one run plus facts about where they came from."""
+    """One run's tables, the tables that do not apply (with why), failures and facts.
+
+    ``tables``: declared table name -> frame (only those that apply and were built).
+    ``not_applicable``: table name -> reason. ``failures``: table name -> error text
+    (a bug: the report is incomplete). ``facts``: what the report was computed from
+    (ranks, window, definitions). ``notes``: warnings a user should read.
+    """
 
     source: str
     tables: dict[str, pl.DataFrame]
+    not_applicable: dict[str, str] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def complete(self) -> bool:
+        """False when some table failed to build."""
+        return not self.failures
+
+    def status(self, table: str) -> str:
+        """'ok', 'not applicable: <reason>', 'failed: <error>' or 'not computed'."""
+        if table in self.tables:
+            return "ok"
+        if table in self.failures:
+            return f"failed: {self.failures[table]}"
+        if table in self.not_applicable:
+            return f"not applicable: {self.not_applicable[table]}"
+        return "not computed"
+
+    def metrics(self, by: Literal["run", "rank"] = "run") -> pl.DataFrame:
+        """Headline metrics: one row (``by="run"``) or one row per rank.
+
+        Columns: [rank,] then one Float64 column per metric in :data:`METRICS`
+        order; null where the metric's table does not apply.
+        """
+        parts: list[pl.DataFrame] = []
+        rank_col = {"summary": "rank", "pipeline": "rank", "traffic": "src_rank",
+                    "sm_split": "rank", "warp_roles": "rank"}
+        ranks = self._ranks()
+        for m in METRICS.values():
+            df = self.tables.get(m.table)
+            if by == "run":
+                val = df.select(m.value.cast(pl.Float64)) if df is not None else None
+                parts.append(val if val is not None and val.height else
+                             pl.DataFrame({m.name: [None]}, schema={m.name: pl.Float64}))
+                continue
+            base = pl.DataFrame({"rank": ranks}, schema={"rank": pl.Int32})
+            if df is not None and df.height:
+                rc = rank_col[m.table]
+                vals = (df.group_by(pl.col(rc).cast(pl.Int32).alias("rank"))
+                        .agg(m.value.cast(pl.Float64)))
+                base = base.join(vals, on="rank", how="left")
+            else:
+                base = base.with_columns(pl.lit(None, dtype=pl.Float64).alias(m.name))
+            parts.append(base.select(m.name) if parts else base)
+        return pl.concat(parts, how="horizontal")
+
+    def headline(self) -> dict[str, float | None]:
+        """Run-level metrics as a plain dict (metric name -> value or None)."""
+        return self.metrics("run").row(0, named=True)
+
+    def _ranks(self) -> list[int]:
+        return [int(r) for r in self.facts.get("rank_ids", [])]
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: tables as lists of row dicts."""
+        """JSON-ready: facts, notes, headline metrics, each table's status and rows."""
         return {
             "source": self.source,
             "facts": self.facts,
             "notes": self.notes,
-            "tables": {k: v.to_dicts() for k, v in self.tables.items()},
+            "metrics": self.headline(),
+            "not_applicable": dict(sorted(self.not_applicable.items())),
+            "failures": dict(sorted(self.failures.items())),
+            "tables": {k: self.tables[k].to_dicts() for k in TABLES if k in self.tables},
         }
 
 
-def _optional(module: str, func: str) -> Any | None:
-    """An analyzer function that may not exist in this build (optional modules)."""
-    try:
-        return getattr(importlib.import_module(f"overlapscope.analyzers.{module}"), func)
-    except (ImportError, AttributeError):
-        return None
-
-
 def build_report(
-    frames: TraceFrames,
-    *,
-    window: str | None = None,
-    rules: RuleSet | None = None,
-    top: int = 10,
-    hta_compat: bool = False,
+    frames: Any, options: ReportOptions | None = None, *, tables: list[str] | None = None
 ) -> Report:
-    """Run the analyzers that apply to ``frames`` and collect their tables."""
-    notes: list[str] = []
-    if hta_compat:
-        compat = _optional("hta_compat", "hta_compat_frames")
-        if compat is None:
-            notes.append("--hta-compat requested but analyzers/hta_compat.py is unavailable")
-        else:
-            frames = compat(frames)
-            notes.append("HTA 0.5.0 compatibility rules applied (see analyzers/hta_compat.py)")
-    tables: dict[str, pl.DataFrame] = {}
-    frames = classify_frames(frames, rules)  # once: every analyzer below reuses it
-    has_work = frames.activities.height > 0 or frames.cpu_ops.height > 0
-    if has_work:
-        prep = ov.prepare(frames, window=window, rules=rules)
-        kw = {"window": window, "rules": rules, "prep": prep}
-        tables["summary"] = ov.overlap_summary(frames, **kw)
-        tables["streams"] = ov.overlap_by_stream(frames, **kw)
-        ann = ov.overlap_by_annotation_name(frames, **kw)
-        if ann.height:
-            tables["annotations"] = ann
-        cov = ov.kernel_coverage(frames, **kw)
-        if cov.height:
-            tables["kernels"] = ov.coverage_by_name(cov)
-            tables["worst_kernels"] = cov.head(top)
-        if frames.is_gpu:
-            tables["sm_split"] = ov.sm_split(frames, rules=rules, prep=prep)
-    elif frames.warp_events.is_empty():
-        notes.append("no GPU activities and no host operators: nothing to measure overlap on")
-    _add_optional(tables, notes, frames, hta_compat)
-    _add_warps(tables, notes, frames)
-    _add_traffic(tables, notes, frames)
-    if frames.meta.get("skipped_events"):
-        notes.append(f"{frames.meta['skipped_events']} malformed events were skipped")
-    if not frames.is_gpu and has_work:
-        notes.append(
-            "CPU-only trace: comm = gloo/c10d ops on any thread plus all work on a declared "
-            "comm thread; compute = other operator time outside comm ops"
-        )
-    summary = tables.get("summary")
-    if summary is not None and summary.height and summary["comm_busy_ns"].sum() == 0:
-        notes.append("no communication found: check classification rules (--rules)")
-    facts = {
-        "ranks": frames.ranks.height,
-        "gpu_activities": frames.activities.height,
-        "host_ops": frames.cpu_ops.height,
-        "annotations": frames.annotations.height,
-        "origin_ns": frames.meta.get("origin_ns"),
-    }
-    return Report(
-        source=str(frames.meta.get("source", "")), tables=tables, facts=facts, notes=notes
-    )
+    """Compute every declared table (or just ``tables``) of one run, in one pass.
 
-
-def _add_traffic(tables: dict[str, pl.DataFrame], notes: list[str], frames: TraceFrames) -> None:
-    """Bytes by link class per rank and per collective, when the trace records traffic."""
-    if frames.comm_meta.is_empty():
-        return
-    from overlapscope.analyzers.traffic import traffic_summary
-
-    try:
-        summary = traffic_summary(frames)
-    except Exception as exc:  # noqa: BLE001 - one analyzer must not sink the report
-        notes.append(f"traffic: analyzer failed ({type(exc).__name__}: {exc})")
-        return
-    for name, key in (("traffic", "per_rank"), ("traffic_by_collective", "per_collective")):
-        df = summary.get(key)
-        if isinstance(df, pl.DataFrame) and df.height:
-            tables[name] = df
-
-
-def _add_warps(tables: dict[str, pl.DataFrame], notes: list[str], frames: TraceFrames) -> None:
-    """Per-warp role tables and the bottleneck diagnosis, for instrumented traces."""
-    if frames.warp_events.is_empty():
-        return
-    from overlapscope.analyzers.warps import analyze_warps
-
-    wa = analyze_warps(frames.warp_events, frames.counters, meta=frames.meta)
-    for name, df in (
-        ("warp_roles", wa.roles),
-        ("warp_links", wa.links),
-        ("warp_rings", wa.rings),
-        ("warp_diagnosis", wa.diagnosis),
-    ):
-        if df.height:
-            tables[name] = df
-    if wa.text:
-        notes.append(wa.text)
-
-
-def _add_optional(
-    tables: dict[str, pl.DataFrame], notes: list[str], frames: TraceFrames, hta_compat: bool
-) -> None:
-    """Tables from analyzers that live in their own modules; a failure becomes a note."""
-    calls = [
-        ("temporal_breakdown", "breakdown", "temporal_breakdown", {"hta_compat": hta_compat}),
-        ("kernel_breakdown", "breakdown", "kernel_breakdown", {"hta_compat": hta_compat}),
-        ("pipeline", "pipeline", "bubble_table", {}),
-    ]
-    for table, module, func, kwargs in calls:
-        fn = _optional(module, func)
-        if fn is None:
+    ``frames`` is a :class:`~overlapscope.analyzers.frames.TraceFrames`. Raises
+    :class:`~overlapscope.analyzers.errors.WindowError` when ``options.window`` is
+    not a valid regex or matches no annotation (bad input, not a bug).
+    """
+    inputs = Inputs.create(frames, options or ReportOptions())
+    out = Report(source=str(frames.meta.get("source", "")), tables={})
+    for name, spec in TABLES.items():
+        if tables is not None and name not in tables:
             continue
         try:
-            out = fn(frames, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - one analyzer must not sink the report
-            notes.append(f"{table}: analyzer failed ({type(exc).__name__}: {exc})")
+            built = spec.build(inputs)
+        except Exception as exc:  # noqa: BLE001 - recorded as a failure, never hidden
+            out.failures[name] = f"{type(exc).__name__}: {exc}"
             continue
-        if isinstance(out, pl.DataFrame) and out.height:
-            tables[table] = out
+        if isinstance(built, str):
+            out.not_applicable[name] = built
+        elif built.is_empty():
+            out.not_applicable[name] = "no rows for this trace"
+        else:
+            out.tables[name] = built.select([c for c in spec.columns if c in built.columns]
+                                            + [c for c in built.columns if c not in spec.columns])
+    out.facts = inputs.facts()
+    out.notes = inputs.notes()
+    return out
