@@ -16,6 +16,7 @@ drops such intervals, so the compat path adds their effect back explicitly
 from __future__ import annotations
 
 from itertools import combinations
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -23,6 +24,9 @@ from overlapscope.analyzers import intervals
 from overlapscope.analyzers.classify import classify_frames
 from overlapscope.analyzers.frames import TraceFrames
 from overlapscope.analyzers.hta_compat import hta_compat_frames
+
+if TYPE_CHECKING:
+    from overlapscope.analyzers.overlap import Prepared
 
 #: Kinds in the order HTA names combinations ("COMPUTATION overlapping COMMUNICATION").
 KINDS = ("compute", "comm", "memory")
@@ -81,6 +85,13 @@ OVERLAP_SCHEMA: dict[str, pl.DataType] = {
     "overlap_ratio": pl.Float64,
     "overlap_pct": pl.Float64,
 }
+
+
+def _windowed_activities(prep: Prepared) -> pl.DataFrame:
+    """GPU work items of ``prep`` with time inside the window, clipped to it."""
+    return prep.items.filter(
+        (pl.col("device") >= 0) & (pl.col("end_ns") > pl.col("start_ns"))
+    ).with_columns((pl.col("end_ns") - pl.col("start_ns")).alias("dur_ns"))
 
 
 def _activities(frames: TraceFrames, hta_compat: bool) -> pl.DataFrame:
@@ -160,7 +171,9 @@ def _pct(part: str, whole: str) -> pl.Expr:
     )
 
 
-def temporal_breakdown(frames: TraceFrames, *, hta_compat: bool = False) -> pl.DataFrame:
+def temporal_breakdown(
+    frames: TraceFrames, *, hta_compat: bool = False, prep: Prepared | None = None
+) -> pl.DataFrame:
     """Where GPU time goes per (rank, device): compute, comm, memory, other, idle.
 
     Window = [first activity start, last activity end) of the group. Within it
@@ -177,16 +190,33 @@ def temporal_breakdown(frames: TraceFrames, *, hta_compat: bool = False) -> pl.D
     (device null) and times are whole microseconds, so that
     ``idle_ns/1000, compute_ns/1000, non_compute_ns/1000, window_ns/1000`` equal
     HTA's ``idle_time(us), compute_time(us), non_compute_time(us), kernel_time(us)``.
+
+    ``prep`` (overlap.prepare, default mode only): the analysis window instead —
+    window = each GPU's [win_start_ns, win_end_ns], activities clipped to it, so
+    window_ns, compute_ns and idle_ns agree with overlap_summary's span_ns,
+    compute_busy_ns and idle_ns. Compat mode ignores it (HTA has no window).
     """
-    acts = _activities(frames, hta_compat)
+    use_window = prep is not None and not hta_compat
+    if use_window:
+        acts = _windowed_activities(prep)
+    else:
+        acts = _activities(frames, hta_compat)
     keys = _keys(hta_compat)
     if acts.is_empty():
         return pl.DataFrame(schema=TEMPORAL_SCHEMA)
-    window = acts.group_by(keys).agg(
-        pl.col("start_ns").min().alias("window_start_ns"),
-        pl.max_horizontal("end_ns", "start_ns").max().alias("_max_end"),
-        pl.col("end_ns").max().alias("_hta_end"),
-    )
+    if use_window:
+        window = prep.windows.filter(pl.col("device") >= 0).select(
+            *keys,
+            pl.col("win_start_ns").alias("window_start_ns"),
+            pl.col("win_end_ns").alias("_max_end"),
+            pl.col("win_end_ns").alias("_hta_end"),
+        )
+    else:
+        window = acts.group_by(keys).agg(
+            pl.col("start_ns").min().alias("window_start_ns"),
+            pl.max_horizontal("end_ns", "start_ns").max().alias("_max_end"),
+            pl.col("end_ns").max().alias("_hta_end"),
+        )
     # HTA's window ends at the end of its last merged group, i.e. the largest
     # end of any row (a trailing negative interval included); exact mode uses
     # the last real end.
@@ -217,7 +247,9 @@ def temporal_breakdown(frames: TraceFrames, *, hta_compat: bool = False) -> pl.D
     ).sort(["rank", "device"], nulls_last=True)
 
 
-def kernel_breakdown(frames: TraceFrames, *, hta_compat: bool = False) -> pl.DataFrame:
+def kernel_breakdown(
+    frames: TraceFrames, *, hta_compat: bool = False, prep: Prepared | None = None
+) -> pl.DataFrame:
     """Per rank, kind and kernel name: count and duration statistics.
 
     Schema (KERNEL_SCHEMA): rank, kind ("compute" | "comm" | "memory", plus
@@ -228,12 +260,19 @@ def kernel_breakdown(frames: TraceFrames, *, hta_compat: bool = False) -> pl.Dat
     ``hta_compat`` durations are HTA's rounded ones and HTA's own table
     (``get_gpu_kernel_breakdown``) equals these rows divided by 1000 whenever
     its ``num_kernels`` is at least the number of names (no "others" lumping).
+
+    ``prep`` (overlap.prepare, default mode only): only activities with time inside
+    the analysis window, their durations clipped to it (zero-length activities
+    drop out). Compat mode ignores it.
     """
-    acts = _activities(frames, hta_compat)
+    if prep is not None and not hta_compat:
+        acts = _windowed_activities(prep)
+    else:
+        acts = _activities(frames, hta_compat)
     if acts.is_empty():
         return pl.DataFrame(schema=KERNEL_SCHEMA)
     per_name = acts.group_by("rank", "kind", "name").agg(
-        pl.col("comm_type").drop_nulls().first().alias("comm_type"),
+        pl.col("comm_type").drop_nulls().min().alias("comm_type"),
         pl.len().cast(pl.Int64).alias("count"),
         pl.col("dur_ns").sum().alias("sum_ns"),
         pl.col("dur_ns").mean().alias("mean_ns"),
@@ -248,7 +287,8 @@ def kernel_breakdown(frames: TraceFrames, *, hta_compat: bool = False) -> pl.Dat
     )
     return per_name.select(
         [pl.col(c).cast(t) for c, t in KERNEL_SCHEMA.items()]
-    ).sort(["rank", "kind", "sum_ns", "name"], descending=[False, False, True, False])
+    ).sort(["rank", "kind", "sum_ns", "name", "comm_type"],
+           descending=[False, False, True, False, False], nulls_last=True)
 
 
 def _combo_label(kinds: tuple[str, ...]) -> str:
@@ -394,3 +434,64 @@ def comm_comp_overlap(frames: TraceFrames, *, hta_compat: bool = False) -> pl.Da
         .with_columns((100.0 * pl.col("overlap_ratio")).alias("overlap_pct"))
     )
     return out.select([pl.col(c).cast(t) for c, t in OVERLAP_SCHEMA.items()]).sort("rank")
+
+
+def hta_overlap_summary(frames: TraceFrames) -> pl.DataFrame:
+    """HTA 0.5.0's headline, in overlap_summary's columns (overlap.SUMMARY_COLUMNS).
+
+    One row per rank (``device`` null: HTA merges a file's GPUs), over every event
+    HTA keeps (no analysis window: ``from_annotation`` false, win_* = HTA's kernel
+    window), with HTA's kernel types and whole microseconds (hta_compat.py):
+    comm_busy_ns, overlap_ns and overlap_ratio are ``get_comm_comp_overlap``'s
+    (comp_comm_overlap_pctg = round(100 * overlap_ratio, 2); a rank without NCCL
+    kernels gets a null ratio where HTA prints nan); span_ns, compute_busy_ns and
+    idle_ns are ``get_temporal_breakdown``'s kernel_time, compute_time and
+    idle_time. memory_busy_ns and overlap_memory_ns are measured on the same
+    events. Empty (with the schema) when the trace has no GPU activity.
+    """
+    from overlapscope.analyzers.overlap import SUMMARY_COLUMNS
+
+    keys = ["rank"]
+    acts = _activities(frames, True)
+    t = temporal_breakdown(frames, hta_compat=True)
+    o = comm_comp_overlap(frames, hta_compat=True)
+    schema = {c: t.schema.get(c, pl.Int64) for c in SUMMARY_COLUMNS}
+    schema.update(rank=pl.Int32, device=pl.Int32, overlap_ratio=pl.Float64,
+                  exposed_fraction=pl.Float64, from_annotation=pl.Boolean)
+    if t.is_empty():
+        return pl.DataFrame(schema=schema)
+    pos = acts.filter(pl.col("end_ns") > pl.col("start_ns"))
+    comm, compute, memory = (pos.filter(pl.col("kind") == k) for k in ("comm", "compute", "memory"))
+    memory_len = intervals.total(memory, keys, "memory_busy_ns")
+    mem_only = intervals.total(
+        intervals.subtract(intervals.intersect(comm, memory, keys), compute, keys),
+        keys, "overlap_memory_ns",
+    )
+    out = (
+        t.select(
+            "rank", "device", pl.col("window_ns").alias("span_ns"),
+            pl.col("compute_ns").alias("compute_busy_ns"), "idle_ns",
+            (pl.col("window_ns") - pl.col("idle_ns")).alias("busy_ns"),
+            pl.col("window_start_ns").alias("win_start_ns"),
+            pl.col("window_end_ns").alias("win_end_ns"),
+        )
+        .join(o.select("rank", pl.col("comm_ns").alias("comm_busy_ns"),
+                       pl.col("overlapped_ns").alias("overlap_ns")), on=keys, how="left")
+        .join(memory_len, on=keys, how="left")
+        .join(mem_only, on=keys, how="left")
+        .with_columns(
+            pl.col("comm_busy_ns", "overlap_ns", "memory_busy_ns", "overlap_memory_ns")
+            .fill_null(0),
+            pl.lit(False).alias("from_annotation"),
+        )
+        .with_columns(
+            pl.when(pl.col("comm_busy_ns") != 0)
+            .then(pl.col("overlap_ns") / pl.col("comm_busy_ns")).alias("overlap_ratio"),
+            (pl.col("comm_busy_ns") - pl.col("overlap_ns")).alias("exposed_comm_ns"),
+        )
+        .with_columns(
+            pl.when(pl.col("span_ns") > 0)
+            .then(pl.col("exposed_comm_ns") / pl.col("span_ns")).alias("exposed_fraction")
+        )
+    )
+    return out.select([pl.col(c).cast(schema[c]) for c in SUMMARY_COLUMNS]).sort("rank")

@@ -21,7 +21,7 @@ import polars as pl
 from overlapscope.analyzers.kineto.decode import FileFrames
 
 #: Bump when FileFrames or any frame schema changes: old entries are then ignored.
-CACHE_SCHEMA_VERSION = 2
+CACHE_SCHEMA_VERSION = 3
 _HASH_CHUNK = 8 << 20
 
 

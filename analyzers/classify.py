@@ -22,7 +22,15 @@ from overlapscope.analyzers.ranges import points_in_intervals, take
 
 DEFAULT_RULES = Path(__file__).with_name("classify_rules.toml")
 KINDS = ("comm", "compute", "memory")
-HOST_COMM_LAUNCH = r"^(record_param_comms|nccl:|c10d::|gloo:)"
+#: Settings a rules file may give (``[settings]``), with their defaults.
+SETTINGS: dict[str, Any] = {"comm_by_launch": True}
+#: Settings that no longer exist, with why (a file still using them is refused).
+_REMOVED_SETTINGS = {
+    "comm_stream_share": "a stream's comm share never changes kinds any more "
+    "(overlap_by_stream reports it as stream_role)",
+    "comm_stream_copies": "copies are comm only when launched inside a host comm op",
+}
+_REGEX_FIELDS = ("func", "qualname", "name")
 
 
 @dataclass(frozen=True)
@@ -41,26 +49,60 @@ class Rule:
 
 @dataclass(frozen=True)
 class RuleSet:
-    """Ordered rules plus the launch- and stream-based settings."""
+    """Ordered rules plus the launch-context setting."""
 
     rules: tuple[Rule, ...]
     comm_by_launch: bool = True
-    comm_stream_share: float = 0.5
-    comm_stream_copies: bool = True
     sources: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def host_comm_pattern(self) -> str:
+        """One regex matching the host ops that the host comm rules name (see
+        ``host_comm_pattern``)."""
+        return host_comm_pattern(self.rules)
 
 
 class RuleError(ValueError):
     """A rules file that cannot be used; the message names the file and the rule."""
 
 
+def regex_problem(pattern: Any) -> str | None:
+    """Why ``pattern`` is not a usable regex (polars/Rust syntax), in one line; None if it is."""
+    if not isinstance(pattern, str):
+        return f"expected a string, got {type(pattern).__name__}"
+    try:  # on a literal: polars compiles no regex for an empty frame
+        pl.select(pl.lit("").str.contains(pattern))
+    except pl.exceptions.PolarsError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        said = [ln for ln in lines if ln.startswith("error:")]
+        return (said or lines or [type(exc).__name__])[0]
+    return None
+
+
+def _check_settings(path: Path, settings: Any) -> dict[str, Any]:
+    if not isinstance(settings, dict):
+        raise RuleError(f"{path}: [settings] must be a table")
+    for key, value in settings.items():
+        if key in _REMOVED_SETTINGS:
+            raise RuleError(f"{path}: setting {key!r} was removed: {_REMOVED_SETTINGS[key]}")
+        if key not in SETTINGS:
+            raise RuleError(f"{path}: unknown setting {key!r}; known: {', '.join(SETTINGS)}")
+        if not isinstance(value, type(SETTINGS[key])):
+            raise RuleError(f"{path}: setting {key!r} must be {type(SETTINGS[key]).__name__}")
+    return settings
+
+
 def _parse(path: Path) -> tuple[list[Rule], dict[str, Any]]:
+    """Rules and settings of one file; every regex is compiled here, so a bad one is
+    reported with its file and rule before any trace is touched."""
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise RuleError(f"{path}: cannot read rules: {exc}") from None
     rules = []
     for i, raw in enumerate(data.get("rule", [])):
+        if not isinstance(raw, dict):
+            raise RuleError(f"{path}: rule #{i + 1} is not a table")
         rid = str(raw.get("id", f"rule-{i}"))
         kind = raw.get("kind")
         if kind not in KINDS:
@@ -72,6 +114,10 @@ def _parse(path: Path) -> tuple[list[Rule], dict[str, Any]]:
             raise RuleError(
                 f"{path}: rule {rid!r} tests nothing (give func, qualname, name or cat)"
             )
+        for key in _REGEX_FIELDS:
+            if raw.get(key) is not None and (problem := regex_problem(raw[key])) is not None:
+                raise RuleError(f"{path}: rule {rid!r}: {key} {raw[key]!r} is not a valid "
+                                f"regex: {problem}")
         rules.append(
             Rule(
                 id=rid,
@@ -84,13 +130,33 @@ def _parse(path: Path) -> tuple[list[Rule], dict[str, Any]]:
                 cat=tuple(str(c).lower() for c in raw.get("cat", [])),
             )
         )
-    return rules, data.get("settings", {})
+    return rules, _check_settings(path, data.get("settings", {}))
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(mtime_ns, size) of a file, None when it cannot be stat-ed (read errors come later)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def load_rules(extra: str | None = None) -> RuleSet:
+    """Default rules, preceded by ``extra`` (a TOML path) or $OVERLAPSCOPE_RULES.
+
+    Parsed sets are cached per (file, mtime, size) of both files, so an edited rules
+    file, or a changed $OVERLAPSCOPE_RULES, is read again on the next call.
+    """
+    extra = extra or os.environ.get("OVERLAPSCOPE_RULES") or None
+    extra_stamp = _stamp(Path(extra)) if extra else None
+    return _load_rules(extra, extra_stamp, _stamp(DEFAULT_RULES))
 
 
 @lru_cache(maxsize=16)
-def load_rules(extra: str | None = None) -> RuleSet:
-    """Default rules, preceded by ``extra`` (a TOML path) or $OVERLAPSCOPE_RULES."""
-    extra = extra or os.environ.get("OVERLAPSCOPE_RULES") or None
+def _load_rules(
+    extra: str | None, _extra_stamp: tuple[int, int] | None, _base_stamp: tuple[int, int] | None
+) -> RuleSet:
     base, settings = _parse(DEFAULT_RULES)
     rules: list[Rule] = []
     sources = [str(DEFAULT_RULES)]
@@ -102,11 +168,24 @@ def load_rules(extra: str | None = None) -> RuleSet:
     rules.extend(base)
     return RuleSet(
         rules=tuple(rules),
-        comm_by_launch=bool(settings.get("comm_by_launch", True)),
-        comm_stream_share=float(settings.get("comm_stream_share", 0.5)),
-        comm_stream_copies=bool(settings.get("comm_stream_copies", True)),
+        comm_by_launch=bool(settings.get("comm_by_launch", SETTINGS["comm_by_launch"])),
         sources=tuple(sources),
     )
+
+
+def host_comm_pattern(rules: tuple[Rule, ...] | list[Rule]) -> str:
+    """The host comm rules (applies_to "host", kind "comm") as one ``name`` regex.
+
+    The rules file is the only place that says which host ops communicate; this
+    joins their ``name`` regexes so that code needing a plain regex (the loader,
+    which keeps the arguments of comm ops) reads the same definition.
+    """
+    names = [r.name for r in rules if r.applies_to == "host" and r.kind == "comm" and r.name]
+    return "|".join(f"(?:{n})" for n in names) if names else "$^"
+
+
+#: Host comm ops as named by the built-in rules file (read once at import).
+DEFAULT_HOST_COMM_PATTERN = host_comm_pattern(_parse(DEFAULT_RULES)[0])
 
 
 def name_parts(name: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
@@ -185,7 +264,7 @@ def _promote_by_launch(acts: pl.DataFrame, cpu_ops: pl.DataFrame) -> pl.DataFram
         .select("rank", "pid", "correlation", pl.col("ts_ns").alias("launch_ns"))
         .unique(subset=["rank", "correlation"], keep="first")
     )
-    comm_ops = cpu_ops.filter(pl.col("name").str.contains(HOST_COMM_LAUNCH)).select(
+    comm_ops = cpu_ops.filter(pl.col("kind") == "comm").select(
         "rank",
         "pid",
         pl.col("ts_ns").alias("c_start"),
@@ -228,76 +307,24 @@ def _promote_by_launch(acts: pl.DataFrame, cpu_ops: pl.DataFrame) -> pl.DataFram
     ).drop("c_name")
 
 
-def _mark(acts: pl.DataFrame, promote: pl.Expr, rule_id: str) -> pl.DataFrame:
-    promote = promote & (pl.col("kind") != "comm")
-    return acts.with_columns(
-        pl.when(promote).then(pl.lit("comm")).otherwise(pl.col("kind")).alias("kind"),
-        pl.when(promote).then(pl.col("s_type")).otherwise(pl.col("comm_type")).alias("comm_type"),
-        pl.when(promote).then(pl.lit(rule_id)).otherwise(pl.col("rule")).alias("rule"),
-    )
-
-
-def _stream_stats(acts: pl.DataFrame) -> pl.DataFrame:
-    busy = pl.col("dur_ns").clip(0)
-    return acts.group_by("rank", "device", "stream").agg(
-        busy.filter(pl.col("kind") == "comm").sum().alias("comm_ns"),
-        busy.filter(pl.col("kind") == "compute").sum().alias("compute_ns"),
-        busy.sum().alias("busy_ns"),
-        pl.col("comm_type").filter(pl.col("kind") == "comm").mode().first().alias("s_type"),
-    )
-
-
-def _promote_comm_streams(acts: pl.DataFrame, share: float, copies: bool) -> pl.DataFrame:
-    """Stream rules (BRIEF §4: comm = comm kernels or anything on a stream hosting them).
-
-    1. copies (memcpy) on a stream that carries comm are transport: comm;
-    2. on a stream that carries comm, is not the device's main compute stream
-       (most compute time) and spends >= ``share`` of its busy time in comm,
-       every activity is comm (DeepEP's layout and FP8-cast kernels on its stream).
-    """
-    if acts.is_empty():
-        return acts
-    cols = acts.columns
-    key = ["rank", "device", "stream"]
-    if copies:
-        stats = _stream_stats(acts).filter(pl.col("comm_ns") > 0).select(*key, "s_type")
-        acts = acts.join(stats, on=key, how="left")
-        is_copy = pl.col("cat").is_in(["gpu_memcpy", "memcpy"])
-        acts = _mark(acts, pl.col("s_type").is_not_null() & is_copy, "copy-on-comm-stream")
-        acts = acts.select(cols)
-    if share > 1.0:
-        return acts
-    stats = _stream_stats(acts)
-    main = (
-        stats.sort("compute_ns", descending=True)
-        .group_by("rank", "device")
-        .agg(pl.col("stream").first().alias("main_stream"))
-    )
-    comm_streams = (
-        stats.join(main, on=["rank", "device"], how="left")
-        .filter(
-            (pl.col("comm_ns") > 0)
-            & (pl.col("stream") != pl.col("main_stream"))
-            & (pl.col("comm_ns") >= share * pl.col("busy_ns"))
-        )
-        .select(*key, "s_type")
-    )
-    acts = acts.join(comm_streams, on=key, how="left")
-    return _mark(acts, pl.col("s_type").is_not_null(), "on-comm-stream").select(cols)
-
-
 def classify_frames(frames: TraceFrames, rules: RuleSet | None = None) -> TraceFrames:
     """TraceFrames whose activities and cpu_ops carry ``kind``/``comm_type``/``rule``.
 
-    Order: name rules, then launch context (``comm_by_launch``), then the
-    communication-stream rule (``comm_stream_share``). Idempotent.
+    Order: name rules, then launch context (``comm_by_launch``: a copy, memset or
+    kernel launched inside a host comm op is comm, rule ``launched-in-comm-op``).
+    The stream an activity runs on never changes its kind. Idempotent: frames
+    already classified (e.g. by hta_compat_frames) keep their kinds; a frame
+    without kinds (host ops of compat frames) is classified.
     """
-    if "kind" in frames.activities.columns:
+    acts_done = "kind" in frames.activities.columns
+    ops_done = "kind" in frames.cpu_ops.columns
+    if acts_done and ops_done:
         return frames
     rules = rules or load_rules()
+    ops = frames.cpu_ops if ops_done else classify_cpu_ops(frames.cpu_ops, rules)
+    if acts_done:
+        return replace(frames, cpu_ops=ops)
     acts = classify_activities(frames.activities, rules)
-    ops = classify_cpu_ops(frames.cpu_ops, rules)
     if rules.comm_by_launch:
         acts = _promote_by_launch(acts, ops)
-    acts = _promote_comm_streams(acts, rules.comm_stream_share, rules.comm_stream_copies)
     return replace(frames, activities=acts, cpu_ops=ops)

@@ -32,10 +32,13 @@ package; line numbers of the 0.5.0 wheel):
    ``_parse_trace_dataframe_json``; disabled only by the environment variable
    ``HTA_DISABLE_NS_ROUNDING=1``, ``configs/env_options.py``). An event shorter
    than 1 us that crosses no microsecond boundary gets dur -1, one that crosses
-   exactly one gets 0. overlapscope keeps exact integer nanoseconds. HTA adds
-   ts + dur in float64; at Kineto's ~5e12 us magnitudes an end within ~1e-3 us
-   of an integer could floor differently from the exact decimal we use (no event
-   of the H200 fixture is that close).
+   exactly one gets 0. overlapscope keeps exact integer nanoseconds. HTA reads
+   ``ts``/``dur`` with ``json.loads`` (float64) and adds ts + dur in float64, so
+   compat mode does the same arithmetic: it rebuilds each value as the float64
+   ``json.loads`` would give (correctly rounded from the exact ns) and rounds
+   that. On epoch-scale traces without ``baseTimeNanoseconds`` (ts ~1.8e15 us,
+   float64 spacing 0.25 us) this moves starts and ends by whole microseconds,
+   as in HTA.
 5. **The last ProfilerStep is dropped, by launch time.** If the symbol table of
    all ranks holds at least two distinct names containing "ProfilerStep", each
    rank keeps only GPU events whose ``correlation`` matches a host event that
@@ -161,13 +164,25 @@ def _json_offset_ns(frames: TraceFrames) -> pl.DataFrame:
     ).unique("rank")
 
 
+def _as_json_float_us(ns: pl.Expr) -> pl.Expr:
+    """Integer ns -> the float64 microseconds ``json.loads`` gives for its decimal text.
+
+    whole + frac/1000 rounds once more than the text does, but the result is still
+    the correctly rounded value: a float64 tie lies on a multiple of 2**-3 us or
+    finer, never within half an ulp of frac/1000 unless equal to it.
+    """
+    whole = ns // 1000
+    return whole.cast(pl.Float64) + (ns - whole * 1000).cast(pl.Float64) / 1000.0
+
+
 def _ceil_us(ns: pl.Expr) -> pl.Expr:
-    """Integer ns -> microseconds rounded up (exact integer arithmetic)."""
-    return -((-ns) // 1000)
+    """HTA's start: ``math.ceil`` of the float64 timestamp, as integer microseconds."""
+    return _as_json_float_us(ns).ceil().cast(pl.Int64)
 
 
-def _floor_us(ns: pl.Expr) -> pl.Expr:
-    return ns // 1000
+def _floor_end_us(ts_ns: pl.Expr, dur_ns: pl.Expr) -> pl.Expr:
+    """HTA's end: ``math.floor(ts + dur)`` with both as float64, as integer microseconds."""
+    return (_as_json_float_us(ts_ns) + _as_json_float_us(dur_ns)).floor().cast(pl.Int64)
 
 
 def _with_offset(df: pl.DataFrame, offsets: pl.DataFrame) -> pl.DataFrame:
@@ -226,7 +241,7 @@ def _round_like_hta(acts: pl.DataFrame, offsets: pl.DataFrame) -> pl.DataFrame:
     cols = acts.columns
     file_ns = pl.col("ts_ns") + pl.col("_off")
     start_us = _ceil_us(file_ns)
-    end_us = _floor_us(file_ns + pl.col("dur_ns"))
+    end_us = _floor_end_us(file_ns, pl.col("dur_ns"))
     return (
         _with_offset(acts, offsets)
         .with_columns(

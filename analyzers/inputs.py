@@ -67,6 +67,7 @@ class Inputs:
     frames: TraceFrames
     options: ReportOptions
     rules: RuleSet
+    raw: TraceFrames
 
     @classmethod
     def create(cls, frames: TraceFrames, options: ReportOptions) -> Inputs:
@@ -75,9 +76,10 @@ class Inputs:
         if options.window is not None:
             check_window(options.window, frames.annotations, source)
         rules = options.rules()
+        raw = frames
         if options.hta_compat and frames.is_gpu:
             frames = hta_compat_frames(classify_frames(frames, rules))
-        return cls(classify_frames(frames, rules), options, rules)
+        return cls(classify_frames(frames, rules), options, rules, raw)
 
     @property
     def has_work(self) -> bool:
@@ -114,7 +116,7 @@ class Inputs:
         """pipeline.op_table: one row per schedule op."""
         from overlapscope.analyzers.pipeline import op_table
 
-        return op_table(self.frames)
+        return op_table(self.frames, prep=self.prep)
 
     def facts(self) -> dict[str, Any]:
         """What the report was computed from: ranks, sizes, window, definitions."""
@@ -131,7 +133,7 @@ class Inputs:
             "annotations": f.annotations.height,
             "origin_ns": f.meta.get("origin_ns"),
             "window": self.options.window or DEFAULT_WINDOW,
-            "definition": _definition(f),
+            "definition": ov.OVERLAP_DEFINITION if f.is_gpu else ov.HOST_OVERLAP_DEFINITION,
             "rules": list(self.rules.sources),
             "hta_compat": self.options.hta_compat,
         }
@@ -145,7 +147,7 @@ class Inputs:
         f = self.frames
         out: list[str] = list(f.meta.get("warnings", []))
         if "prep" in self.__dict__:
-            out.extend(_window_warnings(self.prep, self.options.window or DEFAULT_WINDOW))
+            out.extend(ov.window_warnings(self.prep, self.options.window or DEFAULT_WINDOW))
         if f.meta.get("skipped_events"):
             out.append(f"{f.meta['skipped_events']} malformed events were skipped")
         if self.options.hta_compat:
@@ -158,17 +160,6 @@ class Inputs:
             if not items.filter(pl.col("kind") == "comm").height:
                 out.append("no communication found: check classification rules (--rules)")
         return out
-
-
-def _definition(frames: TraceFrames) -> str:
-    # TODO(reconcile): take from overlap.py once it declares the definition.
-    return getattr(ov, "OVERLAP_DEFINITION", "") if frames.is_gpu else getattr(
-        ov, "HOST_OVERLAP_DEFINITION", "")
-
-
-def _window_warnings(prep: ov.Prepared, pattern: str) -> list[str]:
-    fn = getattr(ov, "window_warnings", None)
-    return fn(prep, pattern) if fn else []
 
 
 def with_meta(frames: TraceFrames, **meta: Any) -> TraceFrames:

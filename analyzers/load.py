@@ -8,6 +8,12 @@ e.g. ``host_1234.1700000000.pt.trace.json.gz``) and optionally overlapscope's
 ``run.json`` manifest. Ranks come from ``distributedInfo.rank``, else from the
 file name, else from the sorted file order. All ranks share one time origin:
 the earliest event of the run (absolute time = ``baseTimeNanoseconds`` + ts).
+
+``meta`` keys set here: source, origin_ns, overlapscope, manifest, gpus_per_node,
+skipped_events (events dropped as unusable: misfit types, non-finite, absurd or
+negative ts/dur), events_without_dur (GPU activities written without ``dur``,
+kept as zero-length) and warnings (sentences for the user: ranks that run.json
+declares but no file holds, activities without a duration).
 """
 
 from __future__ import annotations
@@ -142,6 +148,8 @@ def _load_warp_csv(path: Path) -> TraceFrames:
         "manifest": {},
         "gpus_per_node": None,
         "skipped_events": 0,
+        "events_without_dur": 0,
+        "warnings": [],
     }
     return TraceFrames(warp_events=warps, ranks=ranks, meta=meta, **empty)
 
@@ -229,6 +237,10 @@ def _assemble(
         name: pl.concat(dfs, how="vertical") if dfs else F.empty(schemas[name])
         for name, dfs in parts.items()
     }
+    # GPU activities written without "dur" arrive with a null duration: count, then 0.
+    acts = out["activities"]
+    no_dur = acts["dur_ns"].null_count()
+    out["activities"] = acts.with_columns(pl.col("dur_ns").fill_null(0))
     ours = next((ff.overlapscope for ff in loaded if ff.overlapscope), {})
     meta = {
         "source": str(source),
@@ -237,10 +249,30 @@ def _assemble(
         "manifest": manifest,
         "gpus_per_node": gpus_per_node or _gpus_per_node(ours, manifest),
         "skipped_events": sum(ff.skipped_events for ff in loaded),
+        "events_without_dur": no_dur,
+        "warnings": _run_warnings(manifest, ranks, no_dur),
     }
     return TraceFrames(
         ranks=pl.DataFrame(rank_rows, schema=F.RANKS_SCHEMA).sort("rank"), meta=meta, **out
     )
+
+
+def _run_warnings(manifest: dict[str, Any], ranks: list[int], no_dur: int) -> list[str]:
+    """Sentences about the run a user should read (meta["warnings"])."""
+    out: list[str] = []
+    declared = manifest.get("world_size") if isinstance(manifest, dict) else None
+    if isinstance(declared, int) and not isinstance(declared, bool) and declared > 0:
+        missing = sorted(set(range(declared)) - set(ranks))
+        if missing:
+            out.append(
+                f"run.json declares {declared} ranks but {len(missing)} "
+                f"{'has' if len(missing) == 1 else 'have'} no trace file: "
+                f"rank{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))}"
+            )
+    if no_dur:
+        out.append(f"{no_dur} GPU activit{'ies' if no_dur > 1 else 'y'} without a duration "
+                   "('dur') counted as zero-length")
+    return out
 
 
 def _gpus_per_node(ours: dict[str, Any], manifest: dict[str, Any]) -> int | None:

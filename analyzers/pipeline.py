@@ -27,12 +27,15 @@ BRIEF §4 items computed here, per (step, rank):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from overlapscope.analyzers.frames import TraceFrames
 from overlapscope.analyzers.work import annotation_members, work_items
+
+if TYPE_CHECKING:
+    from overlapscope.analyzers.overlap import Prepared
 
 #: Regex of a schedule-op annotation name (schedule, op, then key=value fields).
 OP_PATTERN = r"^[A-Za-z0-9_.\-]+:(F|B|I|W|FB)(:[a-z_]+=\d+)+$"
@@ -90,12 +93,13 @@ def parse_op_annotations(annotations: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _gpu_spans(frames: TraceFrames, ops: pl.DataFrame) -> pl.DataFrame:
-    """Per ann_id, first start / last end of GPU work launched inside the annotation."""
-    items = work_items(frames)
+def _gpu_spans(frames: TraceFrames, items: pl.DataFrame) -> pl.DataFrame:
+    """Per ann_id, first start / last end of GPU work launched inside the annotation
+    (items clipped to a window: only the parts with time inside it count)."""
     members = annotation_members(items, frames, OP_PATTERN)
     return (
         members.join(items.select("item", "start_ns", "end_ns"), on="item")
+        .filter(pl.col("end_ns") > pl.col("start_ns"))
         .group_by("ann_id")
         .agg(pl.col("start_ns").min().alias("g0"), pl.col("end_ns").max().alias("g1"))
     )
@@ -127,20 +131,40 @@ def _steps(frames: TraceFrames, ops: pl.DataFrame) -> pl.Series:
     )["step"]
 
 
-def op_table(frames: TraceFrames) -> pl.DataFrame:
-    """Every schedule op of the run with its step, position and time (OPS_SCHEMA)."""
-    ops = parse_op_annotations(frames.annotations).sort("rank", "ts_ns")
+def op_table(frames: TraceFrames, *, prep: Prepared | None = None) -> pl.DataFrame:
+    """Every schedule op of the run with its step, position and time (OPS_SCHEMA).
+
+    ``prep`` (overlap.prepare): honour its analysis window. GPU op spans come from
+    the window-clipped work; on CPU-only traces each op's interval is clipped to
+    its rank's window. Ops with no time inside the window are dropped.
+    """
+    ops = parse_op_annotations(frames.annotations).sort("rank", "ts_ns", "ann_id")
     if ops.is_empty():
         return pl.DataFrame(schema=OPS_SCHEMA)
     ops = ops.with_columns(_steps(frames, ops).alias("step"))
     if frames.is_gpu:
-        spans = _gpu_spans(frames, ops)
+        spans = _gpu_spans(frames, prep.items if prep is not None else work_items(frames))
         ops = ops.join(spans, on="ann_id", how="left").with_columns(
             pl.col("g0").alias("start_ns"), pl.col("g1").alias("end_ns")
         ).filter(pl.col("start_ns").is_not_null())
     else:
         ops = ops.with_columns(pl.col("ts_ns").alias("start_ns"))
-    ops = ops.sort("step", "rank", "start_ns").with_columns(
+        if prep is not None:
+            hull = prep.windows.group_by("rank").agg(
+                pl.col("win_start_ns").min().alias("_w0"), pl.col("win_end_ns").max().alias("_w1")
+            )
+            ops = (
+                ops.join(hull, on="rank", how="left")
+                .with_columns(
+                    pl.max_horizontal("start_ns", pl.col("_w0").fill_null(pl.col("start_ns")))
+                    .alias("start_ns"),
+                    pl.min_horizontal("end_ns", pl.col("_w1").fill_null(pl.col("end_ns")))
+                    .alias("end_ns"),
+                )
+                .filter(pl.col("end_ns") > pl.col("start_ns"))
+                .drop("_w0", "_w1")
+            )
+    ops = ops.sort("step", "rank", "start_ns", "ann_id").with_columns(
         (pl.col("end_ns") - pl.col("start_ns")).alias("dur_ns"),
         pl.int_range(pl.len()).over("step", "rank").cast(pl.Int64).alias("pos"),
     )
@@ -231,7 +255,7 @@ def conformance(ops: pl.DataFrame, expected: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def bubble_table(frames: TraceFrames) -> pl.DataFrame:
+def bubble_table(frames: TraceFrames, *, prep: Prepared | None = None) -> pl.DataFrame:
     """One row per (step, rank): window, busy, bubble and its fraction, theory and
     measured/theory, peak activations vs bound and (when the trace carries the expected
     sequence) the first divergence. Empty when the trace has no schedule ops.
@@ -240,8 +264,11 @@ def bubble_table(frames: TraceFrames) -> pl.DataFrame:
     bubble_fraction, t_f_ns, t_b_ns, t_w_ns, t_fb_ns, theory_bubble_ns,
     measured_over_theory, delta_ns, peak_activations, activation_bound, and
     first_divergence / expected_op / observed_op / conforms when available.
+
+    ``prep`` (overlap.prepare): only the schedule ops inside its analysis window
+    (see op_table), so the bubble is measured on the same window as the summary.
     """
-    ops = op_table(frames)
+    ops = op_table(frames, prep=prep)
     if ops.is_empty():
         return pl.DataFrame()
     schedule = ops["schedule"].mode().sort()[0]

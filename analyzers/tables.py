@@ -17,6 +17,7 @@ from overlapscope.analyzers.pipeline import bubble_table
 
 Built = pl.DataFrame | str
 NO_WORK = "the trace has no GPU activities and no host operators"
+NO_GPU = "no GPU kernels (CPU-only or warp-only trace)"
 NO_COMM = "no communication found in the analysis window"
 NO_TRAFFIC = "the trace records no traffic (no comm_traffic or record_param_comms events)"
 NO_PIPELINE = "no pipeline schedule annotations (e.g. dualpipe:F:mb=0:stage=0)"
@@ -32,7 +33,12 @@ def annotation_pattern(name: pl.Expr) -> pl.Expr:
 
 
 def _summary(i: Inputs) -> Built:
-    return ov.overlap_summary(i.frames, prep=i.prep) if i.has_work else NO_WORK
+    if not i.has_work:
+        return NO_WORK
+    if i.options.hta_compat and i.frames.is_gpu:
+        # HTA's own headline: per rank, whole trace, HTA's kernel types and µs.
+        return ov.overlap_summary(i.raw, hta_compat=True)
+    return ov.overlap_summary(i.frames, prep=i.prep)
 
 
 def _streams(i: Inputs) -> Built:
@@ -100,26 +106,28 @@ def _worst_kernels(i: Inputs) -> Built:
 
 def _sm_split(i: Inputs) -> Built:
     if not i.frames.is_gpu:
-        return "CPU-only trace: no SMs"
+        return NO_GPU + ": SM split needs kernel grids"
     return ov.sm_split(i.frames, rules=i.rules, prep=i.prep)
 
 
 def _temporal(i: Inputs) -> Built:
     if not i.frames.is_gpu:
-        return "CPU-only trace: GPU time breakdown needs GPU activities"
-    return temporal_breakdown(i.frames, hta_compat=i.options.hta_compat)
+        return NO_GPU + ": the time breakdown needs GPU activities"
+    hta = i.options.hta_compat
+    return temporal_breakdown(i.frames, hta_compat=hta, prep=None if hta else i.prep)
 
 
 def _kernel_breakdown(i: Inputs) -> Built:
     if not i.frames.is_gpu:
-        return "CPU-only trace: kernel statistics need GPU activities"
-    return kernel_breakdown(i.frames, hta_compat=i.options.hta_compat)
+        return NO_GPU + ": kernel statistics need GPU activities"
+    hta = i.options.hta_compat
+    return kernel_breakdown(i.frames, hta_compat=hta, prep=None if hta else i.prep)
 
 
 def _pipeline(i: Inputs) -> Built:
     if i.pipeline_ops.is_empty():
         return NO_PIPELINE
-    return bubble_table(i.frames)
+    return bubble_table(i.frames, prep=i.prep)
 
 
 def _pipeline_ops(i: Inputs) -> Built:

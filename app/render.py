@@ -1,10 +1,17 @@
-"""Terminal rendering of Reports: rich tables, CSV, markdown, errors, progress."""
+"""Terminal rendering of Reports: rich tables, CSV, markdown, errors, progress.
+
+Tables come from the declared registry (``TABLES``): titles, which columns to show
+and what each means. Times print in ms (small values keep three significant
+digits), fractions in %, bytes with a unit. A table wider than the terminal drops
+its lowest-priority columns (and says which) rather than wrapping numbers.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import polars as pl
 from rich.console import Console
@@ -12,114 +19,50 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 from rich.text import Text
 
+from overlapscope.analyzers.columns import column_meaning, column_unit
 from overlapscope.analyzers.errors import TraceError
-from overlapscope.analyzers.report import TABLES, Report
+from overlapscope.analyzers.report import METRICS, TABLES, Report
 
 # No emoji codes (":B:" in "dualpipe:B:mb=1") and no markup in data cells.
-out = Console(emoji=False)
-err = Console(stderr=True, emoji=False)
-#: Columns hidden in terminal and markdown tables (all columns stay in JSON/CSV).
-HIDDEN = {"win_start_ns", "win_end_ns", "from_annotation", "first_start_ns", "ann_id"}
-#: The columns a terminal table shows, when a table has a curated view.
-DISPLAY: dict[str, list[str]] = {
-    "summary": [
-        "rank",
-        "device",
-        "span_ns",
-        "compute_busy_ns",
-        "comm_busy_ns",
-        "overlap_ns",
-        "overlap_ratio",
-        "exposed_comm_ns",
-        "exposed_fraction",
-        "idle_ns",
-    ],
-    "streams": [
-        "rank",
-        "device",
-        "stream",
-        "role",
-        "comm_type",
-        "busy_ns",
-        "comm_busy_ns",
-        "overlap_ratio",
-        "exposed_comm_ns",
-    ],
-    "annotations": [
-        "rank",
-        "device",
-        "name",
-        "instances",
-        "cpu_dur_ns",
-        "gpu_span_ns",
-        "comm_busy_ns",
-        "overlap_ratio",
-        "exposed_comm_ns",
-        "paired_with",
-    ],
-    "kernels": [
-        "rank",
-        "device",
-        "name",
-        "comm_type",
-        "count",
-        "dur_ns",
-        "coverage",
-        "worst_coverage",
-    ],
-    "temporal_breakdown": [
-        "rank",
-        "device",
-        "window_ns",
-        "compute_ns",
-        "comm_ns",
-        "memory_ns",
-        "idle_ns",
-        "compute_pct",
-        "comm_pct",
-        "memory_pct",
-        "idle_pct",
-    ],
-    "kernel_breakdown": ["rank", "kind", "name", "count", "sum_ns", "mean_ns", "pct_of_kind"],
-    "pipeline": ["step", "rank", "schedule", "pp", "window_ns", "bubble_ns", "bubble_fraction",
-                 "theory_bubble_ns", "measured_over_theory", "peak_activations",
-                 "activation_bound", "conforms"],
-    "warp_roles": ["rank", "role", "n_warps", "busy_frac", "busy_of_span_frac",
-                   "wait_remote_head_frac", "wait_tail_frac", "wait_meta_frac", "idle_sleep_frac"],
-    "warp_links": ["rank", "link", "bytes", "achieved_gbps", "limit_gbps", "util_frac",
-                   "span_util_frac"],
-    "warp_diagnosis": ["rank", "subject", "value_frac", "text", "remedy"],
-    "worst_kernels": ["rank", "device", "stream", "name", "start_ns", "dur_ns", "coverage"],
-}
-#: Short headers for the terminal.
-SHORT = {
-    "span_ns": "span ms",
-    "compute_busy_ns": "compute ms",
-    "comm_busy_ns": "comm ms",
-    "overlap_ns": "overlap ms",
+out = Console(emoji=False, highlight=False)
+err = Console(stderr=True, emoji=False, highlight=False)
+
+#: Headers that read better than the generic rule (which strips the unit suffix).
+LABELS = {
     "overlap_ratio": "hidden %",
-    "exposed_comm_ns": "exposed ms",
-    "exposed_fraction": "exposed %",
-    "idle_ns": "idle ms",
-    "busy_ns": "busy ms",
-    "cpu_dur_ns": "cpu ms",
-    "gpu_span_ns": "gpu span ms",
-    "worst_coverage": "worst %",
     "coverage": "hidden %",
-    "dur_ns": "total ms",
-    "start_ns": "start ms",
+    "worst_coverage": "worst %",
+    "paired_with": "hidden under",
     "instances": "n",
     "comm_type": "comm type",
-    "paired_with": "hidden under",
+    "ib_fraction": "IB %",
+    "nvl_bytes": "NVLink bytes",
+    "ib_bytes": "IB bytes",
+    "dur_ns": "total ms",
+    "stream_role": "role",
+    "overlap_memory_ns": "under memcpy ms",
+    "measured_over_theory": "measured / theory",
+    "compute_busy_ns": "compute ms",
+    "comm_busy_ns": "comm ms",
+    "exposed_comm_ns": "exposed ms",
 }
+#: String columns that may be shortened or wrapped (numbers never are).
+TEXT_MIN_WIDTH = 14
+#: Columns never dropped for width.
+KEEP = {"rank", "device", "name", "src_rank", "step", "role", "subject", "collective"}
 
 
 def error(message: str) -> None:
     """One-line error on stderr."""
-    err.print(Text.assemble(("error: ", "bold red"), message))
+    err.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
 
 
-def bad_inputs(errors: list[TraceError]) -> None:
+def warn(message: str) -> None:
+    """One-line warning on stderr."""
+    err.print(Text.assemble(("warning: ", "yellow"), message), soft_wrap=True)
+
+
+def bad_inputs(errors: Sequence[TraceError]) -> None:
     """The list of inputs that could not be analyzed, one per line."""
     err.print(f"[bold red]{len(errors)} input(s) could not be analyzed:[/]")
     for e in errors:
@@ -128,7 +71,8 @@ def bad_inputs(errors: list[TraceError]) -> None:
 
 @contextlib.contextmanager
 def progress(enabled: bool) -> Iterator[Progress]:
-    """A rich progress bar on stderr (a no-op display when disabled)."""
+    """A rich progress bar on stderr (a no-op display when disabled); it is removed
+    when done and also when interrupted, so no frozen bar is left behind."""
     bar = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -143,52 +87,238 @@ def progress(enabled: bool) -> Iterator[Progress]:
         yield bar
 
 
-def _fmt(col: str, value: object) -> str:
-    if value is None:
+# --- cells and headers ---
+
+
+def _decimals_ms(ms: float) -> int:
+    """Three decimals, more for small values so they keep three significant digits."""
+    if ms == 0 or abs(ms) >= 1:
+        return 3
+    return min(9, max(3, 2 - math.floor(math.log10(abs(ms)))))
+
+
+def fmt_ms(ns: float) -> str:
+    """Nanoseconds as milliseconds: 85_000 -> '0.0850', 1_234_567 -> '1.235'."""
+    ms = ns / 1e6
+    return f"{ms:,.{_decimals_ms(ms)}f}"
+
+
+def fmt_bytes(n: float) -> str:
+    """Bytes with a binary-free SI unit: 32768 -> '32.8 kB', 1_100_896 -> '1.10 MB'."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {unit}" if abs(n) / scale < 100 else f"{n / scale:.0f} {unit}"
+    return f"{n:.0f} B"
+
+
+def fmt_fraction(v: float) -> str:
+    """A fraction as percent, one decimal; tiny non-zero values keep two digits."""
+    pct = 100 * v
+    if pct != 0 and abs(pct) < 0.1:
+        return f"{pct:.2g}%"
+    return f"{pct:.1f}%"
+
+
+def cell(col: str, value: object) -> str:
+    """One value as the terminal shows it (unit given by the column name)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    if col.endswith("_ns") and isinstance(value, int | float):
-        return f"{value / 1e6:,.3f}"
-    if col.endswith("_bytes") and isinstance(value, int | float):
-        return f"{value / 1e6:,.2f}"
-    if isinstance(value, float):
-        if col.endswith(("ratio", "fraction", "coverage", "share", "_frac")):
-            return f"{100 * value:.1f}%"
-        return f"{value:,.3f}"
-    text = str(value)
-    limit = 160 if col in ("text", "remedy") else 48
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    unit = column_unit(col)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float):
+        if unit == "ns":
+            return fmt_ms(value)
+        if unit == "bytes":
+            return fmt_bytes(value)
+        if unit == "fraction":
+            return fmt_fraction(value)
+        if unit == "percent":
+            return f"{value:.1f}%"
+        if isinstance(value, float):
+            return f"{value:,.2f}" if unit in ("GB/s", "ratio") else f"{value:.4g}"
+        return f"{value:,}" if col not in ("rank", "device", "src_rank", "dst_rank") else str(value)
+    return str(value)
 
 
-def _header(col: str) -> str:
-    if col in SHORT:
-        return SHORT[col]
-    if col.endswith("_ns"):
-        return col[:-3] + " ms"
-    if col.endswith("_bytes"):
-        return col[:-6] + " MB"
-    return col
+def label(col: str) -> str:
+    """Header of a column: words plus unit ('span ms', 'bubble %', 'IB bytes')."""
+    if col in LABELS:
+        return LABELS[col]
+    unit = column_unit(col)
+    words = col
+    for suffix in ("_ns", "_frac", "_fraction", "_ratio", "_share", "_pct", "_gbps"):
+        if words.endswith(suffix):
+            words = words[: -len(suffix)]
+            break
+    words = words.replace("_", " ")
+    tail = {"ns": " ms", "fraction": " %", "percent": " %", "GB/s": " GB/s"}.get(unit, "")
+    return words + tail
 
 
-def tables(reports: list[Report], wanted: list[str]) -> None:
-    """Rich tables, one group per run; times shown in ms, ratios in %."""
+# --- tables ---
+
+
+def short_name(name: str) -> str:
+    """A demangled kernel name without return type, template arguments and parameters:
+    ``void dpsk::ep::internode::dispatch<false, 8>(int4*)`` -> ``dpsk::ep::internode::dispatch<…>``.
+    """
+    text = name[5:] if name.startswith("void ") else name
+    out, depth = [], 0
+    for ch in text:
+        if ch in "<(":
+            if depth == 0:
+                out.append(ch + "…" + (">" if ch == "<" else ")"))
+            depth += 1
+        elif ch in ">)" and depth:
+            depth -= 1
+        elif depth == 0:
+            out.append(ch)
+    return "".join(out).strip() or name
+
+
+#: Columns holding prose: they wrap at words instead of being shortened.
+PROSE = {"text", "remedy"}
+#: Longest a shortened text column gets before an ellipsis.
+TEXT_MAX_WIDTH = 40
+
+
+def _natural_width(col: str, cells: list[str], text: bool) -> int:
+    head = len(label(col)) if not text else max(len(w) for w in label(col).split())
+    return max([head, *(len(c) for c in cells)])
+
+
+def fit_columns(
+    df: pl.DataFrame, columns: Sequence[str], width: int
+) -> tuple[list[str], list[str], dict[str, list[str]], dict[str, int]]:
+    """(columns shown, columns dropped, formatted cells, width per shown column).
+
+    Numbers keep their full width and never wrap; text columns are shortened with an
+    ellipsis down to TEXT_MIN_WIDTH (prose wraps at words); past that, columns are
+    dropped from the end of ``columns`` (lowest priority first).
+    """
+    cells = {c: [cell(c, v) for v in df[c].to_list()] for c in columns}
+    text = {c for c in columns if df.schema[c] == pl.Utf8}
+    for c in text & {"name", "comm_kernel"}:
+        cells[c] = [short_name(v) if "::" in v or v.startswith("void ") else v
+                    for v in cells[c]]
+    need = {c: _natural_width(c, cells[c], c in text) for c in columns}
+    for c in text:
+        need[c] = min(need[c], TEXT_MAX_WIDTH)
+
+    def total(cols: list[str], squeeze: bool) -> int:
+        w = [min(need[c], TEXT_MIN_WIDTH) if squeeze and c in text else need[c] for c in cols]
+        return sum(w) + 3 * len(cols) + 1
+
+    shown = list(columns)
+    dropped: list[str] = []
+    while total(shown, squeeze=True) > width and len(shown) > 1:
+        victim = next((c for c in reversed(shown) if c not in KEEP), None)
+        if victim is None:
+            break
+        shown.remove(victim)
+        dropped.insert(0, victim)
+    # Give the room left to text columns, in order, up to their natural width.
+    widths = {c: (min(need[c], TEXT_MIN_WIDTH) if c in text else need[c]) for c in shown}
+    spare = width - (sum(widths.values()) + 3 * len(shown) + 1)
+    for c in shown:
+        if c in text and spare > 0:
+            grow = min(spare, need[c] - widths[c])
+            widths[c] += grow
+            spare -= grow
+    return shown, dropped, cells, widths
+
+
+def frame_table(
+    df: pl.DataFrame,
+    columns: Sequence[str],
+    *,
+    title: str,
+    console: Console | None = None,
+    caption_columns: bool = True,
+) -> list[str]:
+    """Print ``df``'s ``columns`` as a rich table that fits the console; returns the
+    columns dropped for width. Fraction columns shown get a caption saying what
+    they are a fraction of."""
+    console = console or out
+    shown, dropped, cells, widths = fit_columns(df, columns, console.width)
+    t = Table(title=title, title_justify="left", show_lines=False, pad_edge=False)
+    for c in shown:
+        if df.schema[c] == pl.Utf8:
+            prose = c in PROSE
+            t.add_column(label(c), overflow="fold" if prose else "ellipsis", no_wrap=not prose,
+                         width=widths[c])
+        else:
+            t.add_column(label(c), no_wrap=True, justify="right", width=widths[c])
+    for i in range(df.height):
+        t.add_row(*(Text(cells[c][i]) for c in shown))
+    if caption_columns:
+        ratios = [c for c in shown if column_unit(c) in ("fraction", "ratio")]
+        if ratios:
+            t.caption = "; ".join(f"{label(c)} = {column_meaning(c)}" for c in ratios
+                                  if column_meaning(c))
+            t.caption_justify = "left"
+    console.print(t)
+    if dropped:
+        console.print(Text(f"  (not shown at {console.width} columns: {', '.join(dropped)}; "
+                           "use --format csv|json|markdown or a wider terminal)", style="dim"))
+    return dropped
+
+
+def headline_line(rep: Report) -> str:
+    """The run's headline metrics that apply, on one line."""
+    parts = []
+    for name, value in rep.headline().items():
+        if value is None:
+            continue
+        m = METRICS[name]
+        if m.unit == "fraction":
+            text = fmt_fraction(value)
+        elif m.unit == "ms":
+            text = fmt_ms(value * 1e6) + " ms"
+        elif m.unit == "bytes":
+            text = fmt_bytes(value)
+        else:
+            text = f"{value:.4g}"
+        parts.append(f"{name} {text}")
+    return " · ".join(parts)
+
+
+def _facts_lines(rep: Report) -> list[str]:
+    f = rep.facts
+    kind = {"gpu": "GPU trace", "cpu": "CPU-only trace (host threads stand for streams)"}.get(
+        f.get("trace_kind", ""), "no GPU or host activity")
+    lines = [f"{f.get('ranks', 0)} rank file(s), {kind}"
+             + (f", workload {f['workload']}" if f.get("workload") else "")]
+    window = f.get("window")
+    if window:
+        src = f.get("window_from_annotation")
+        how = "" if src is None else (" (annotation found)" if src else
+                                      " (not found on every device: whole trace used there)")
+        lines.append(f"window: annotations matching {window!r}{how}")
+    if f.get("definition"):
+        lines.append(f"overlap: {f['definition']}")
+    return lines
+
+
+def tables(reports: Sequence[Report], wanted: Sequence[str]) -> None:
+    """Rich tables, one group per run, then its notes."""
     for rep in reports:
-        out.rule(f"[bold]{rep.source}[/]")
+        out.rule(Text(rep.source, style="bold"))
+        for line in _facts_lines(rep):
+            out.print(Text(line, style="dim"), soft_wrap=False)
+        head = headline_line(rep)
+        if head:
+            out.print(Text("headline: " + head))
         for name in wanted:
+            spec = TABLES[name]
             df = rep.tables.get(name)
-            if df is None or df.is_empty():
+            if df is None:
+                style = "red" if name in rep.failures else "dim"
+                out.print(Text(f"{name}: {rep.status(name)}", style=style))
                 continue
-            cols = [c for c in DISPLAY.get(name, df.columns) if c in df.columns]
-            cols = [c for c in cols if c not in HIDDEN]
-            t = Table(title=f"{name}: {TABLES[name]}", title_justify="left", show_lines=False)
-            for c in cols:
-                t.add_column(
-                    _header(c),
-                    overflow="fold",
-                    justify="right" if df.schema[c].is_numeric() else "left",
-                )
-            for row in df.select(cols).iter_rows():
-                t.add_row(*(Text(_fmt(c, v)) for c, v in zip(cols, row, strict=True)))
-            out.print(t)
+            cols = [c for c in spec.display if c in df.columns]
+            frame_table(df, cols, title=f"{name}: {spec.meaning}")
         for note in rep.notes:
             out.print(Text.assemble(("note: ", "yellow"), note))
 
@@ -198,8 +328,9 @@ def _flat(df: pl.DataFrame) -> pl.DataFrame:
     return df.with_columns(pl.col(c).cast(pl.Utf8, strict=False) for c in nested) if nested else df
 
 
-def csv(reports: list[Report], wanted: list[str]) -> None:
-    """CSV of the requested tables, each row tagged with ``source`` and ``table``."""
+def csv(reports: Sequence[Report], wanted: Sequence[str]) -> None:
+    """CSV of the requested tables (raw units: ns, bytes, fractions), each row tagged
+    with ``source`` and ``table``; tables of different shapes as separate blocks."""
     frames = []
     for rep in reports:
         for name in wanted:
@@ -215,24 +346,32 @@ def csv(reports: list[Report], wanted: list[str]) -> None:
     if len({tuple(f.columns) for f in frames}) == 1:
         sys.stdout.write(pl.concat(frames).write_csv())
         return
-    for f in frames:  # different tables: one CSV block each, separated by a blank line
+    for f in frames:
         sys.stdout.write(f.write_csv() + "\n")
 
 
-def markdown(reports: list[Report], wanted: list[str]) -> None:
-    """GitHub-flavoured markdown tables."""
+def markdown(reports: Sequence[Report], wanted: Sequence[str]) -> None:
+    """GitHub-flavoured markdown: facts, headline, the tables (display columns), notes."""
     for rep in reports:
         sys.stdout.write(f"## {rep.source}\n\n")
+        for line in _facts_lines(rep):
+            sys.stdout.write(f"- {line}\n")
+        head = headline_line(rep)
+        if head:
+            sys.stdout.write(f"- headline: {head}\n")
+        sys.stdout.write("\n")
         for name in wanted:
+            spec = TABLES[name]
             df = rep.tables.get(name)
-            if df is None or df.is_empty():
+            if df is None:
+                sys.stdout.write(f"### {name}\n\n{rep.status(name)}\n\n")
                 continue
-            cols = [c for c in df.columns if c not in HIDDEN]
-            sys.stdout.write(f"### {name}\n\n{TABLES[name]}\n\n")
-            sys.stdout.write("| " + " | ".join(_header(c) for c in cols) + " |\n")
+            cols = [c for c in spec.display if c in df.columns]
+            sys.stdout.write(f"### {name}\n\n{spec.meaning}\n\n")
+            sys.stdout.write("| " + " | ".join(label(c) for c in cols) + " |\n")
             sys.stdout.write("|" + "---|" * len(cols) + "\n")
             for row in df.select(cols).iter_rows():
-                cells = (_fmt(c, v).replace("|", "\\|") for c, v in zip(cols, row, strict=True))
+                cells = (cell(c, v).replace("|", "\\|") for c, v in zip(cols, row, strict=True))
                 sys.stdout.write("| " + " | ".join(cells) + " |\n")
             sys.stdout.write("\n")
         for note in rep.notes:

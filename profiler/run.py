@@ -43,6 +43,15 @@ WORKLOADS: dict[str, str] = {
     "ep-dispatch": "ep_dispatch",
     "smoke": "smoke",
 }
+#: Workload-specific config keys ``profile --set KEY=VALUE`` accepts (see each workload's
+#: docstring; tests/unit/test_cli_profile.py checks every ``cfg.get`` key is listed).
+#: Launcher keys (steps, seed, pp, ...) have their own options and are refused by --set.
+WORKLOAD_KEYS: dict[str, tuple[str, ...]] = {
+    "dualpipe-moe": ("model", "batch", "seq", "overlap_comm", "return_grads"),
+    "ep-dispatch": ("batch", "seq", "hidden", "experts_per_rank", "top_k", "max_nodes",
+                    "node_score", "dtype", "lr"),
+    "smoke": ("dim", "matmuls", "comm_elems", "fail_rank", "fail_step", "fail_mode"),
+}
 #: Workloads that run a pipeline schedule (the schedule rules below apply to them).
 SCHEDULED_WORKLOADS = frozenset({"dualpipe-moe"})
 SCHEDULES = ("dualpipe", "dualpipev", "1f1b")

@@ -11,6 +11,6 @@ $OS analyze sample_traces/h200/gpu_overlap_rank0.json.gz sample_traces/h200/gpu_
 if .venv/bin/python -c "import torch" 2>/dev/null && $OS profile --help >/dev/null 2>&1; then
   echo "== Profiling a DualPipe MoE reference run on CPU (8 ranks on 2 simulated nodes)"
   $OS profile --workload dualpipe-moe --schedule dualpipe --pp 4 --ep 2 --nodes 2 \
-    --gpus-per-node 4 --micro-batches 8 --out runs/demo
+    --gpus-per-node 4 --micro-batches 8 --out runs/demo --force   # --force: replace the last demo run
   $OS analyze runs/demo --tables summary,annotations,pipeline,traffic
 fi

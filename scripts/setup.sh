@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
-# Create (or reuse) .venv and install overlapscope with the given extras.
-#   bash scripts/setup.sh            # analysis only (polars, msgspec, typer, dash)
-#   bash scripts/setup.sh profiling  # + torch==2.13.0 (CPU build where available)
-#   bash scripts/setup.sh all        # profiling + hta + dev (what the tests need)
+# Create (or reuse) .venv and install overlapscope (editable) with the given extras.
+#   bash scripts/setup.sh            # analysis + dashboard: numpy, polars, msgspec, typer, rich, plotly, dash
+#   bash scripts/setup.sh profiling  # + torch==2.13.0 for `overlapscope profile`
+#   bash scripts/setup.sh all        # profiling + hta + ray + dev (what the tests need)
+# Any comma-separated list of extras works too: bash scripts/setup.sh profiling,hta
+# PYTHON=python3.12 picks the interpreter; OVERLAPSCOPE_VENV=DIR another venv directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
 case "$extras" in
-  all) extras="profiling,hta,dev" ;;
+  all) extras="profiling,hta,ray,dev" ;;
 esac
 PY="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
+VENV="${OVERLAPSCOPE_VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
 fi
-.venv/bin/python -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q --upgrade pip
 if [ -n "$extras" ]; then
-  .venv/bin/python -m pip install -q -e ".[${extras}]"
+  "$VENV/bin/python" -m pip install -q -e ".[${extras}]"
 else
-  .venv/bin/python -m pip install -q -e .
+  "$VENV/bin/python" -m pip install -q -e .
 fi

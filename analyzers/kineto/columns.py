@@ -16,12 +16,15 @@ import numpy as np
 import polars as pl
 
 from overlapscope.analyzers import frames as F
+from overlapscope.analyzers.classify import DEFAULT_HOST_COMM_PATTERN
 from overlapscope.analyzers.kineto.schema import EventArgs, TraceEvent
 
 GPU_CATS = ["kernel", "gpu_memcpy", "gpu_memset", "memcpy", "memset", "cuda_kernel"]
 ANNOTATION_CATS = ["user_annotation", "gpu_user_annotation"]
 SKIP_X_CATS = ["trace", "overhead"]
-COMM_OP_PATTERN = r"^(c10d::|gloo:|record_param_comms|nccl:)"
+#: Host comm ops whose arguments (peers, tags, sizes) are kept: the host comm rules
+#: of classify_rules.toml, the one place that defines them.
+COMM_OP_PATTERN = DEFAULT_HOST_COMM_PATTERN
 _EMPTY_ARGS = EventArgs()
 
 
@@ -47,9 +50,16 @@ def _texts(values: list[Any]) -> pl.Series:
 class EventColumns:
     """Columns shared by all groups, plus per-group access to ``args``."""
 
-    def __init__(self, events: list[TraceEvent], ts_ns: np.ndarray, dur_ns: np.ndarray) -> None:
+    def __init__(
+        self,
+        events: list[TraceEvent],
+        ts_ns: np.ndarray,
+        dur_ns: np.ndarray,
+        dur_missing: np.ndarray | None = None,
+    ) -> None:
         n = len(events)
         self.ts_ns, self.dur_ns = ts_ns, dur_ns
+        self.dur_missing = np.zeros(n, dtype=bool) if dur_missing is None else dur_missing
         self.ph = pl.Series(list(map(attrgetter("ph"), events)), dtype=pl.Utf8)
         self.cat = pl.Series(list(map(attrgetter("cat"), events)), dtype=pl.Utf8)
         self.cat_lower = self.cat.str.to_lowercase()
@@ -132,6 +142,11 @@ def gpu_frame(c: EventColumns, idx: np.ndarray) -> pl.DataFrame:
         "block_z": _dim(block, 2),
         "bytes": _ints(c.arg(idx, "bytes")),
     }
+    # A GPU activity written without "dur" keeps a null duration so that the run
+    # can count it (load.py: meta["events_without_dur"]) before treating it as 0.
+    missing = c.dur_missing[idx]
+    if missing.any():
+        cols["dur_ns"] = pl.Series(c.dur_ns[idx]).scatter(np.flatnonzero(missing), None)
     return pl.DataFrame(cols, schema=F.ACTIVITIES_SCHEMA, strict=False)
 
 
@@ -250,10 +265,14 @@ def counter_frame(c: EventColumns, idx: np.ndarray) -> pl.DataFrame:
 
 
 def build_frames(
-    events: list[TraceEvent], ts_ns: np.ndarray, dur_ns: np.ndarray
+    events: list[TraceEvent],
+    ts_ns: np.ndarray,
+    dur_ns: np.ndarray,
+    dur_missing: np.ndarray | None = None,
 ) -> dict[str, pl.DataFrame]:
-    """All TraceFrames groups of one file's events."""
-    c = EventColumns(events, ts_ns, dur_ns)
+    """All TraceFrames groups of one file's events (``dur_missing``: events without
+    a ``dur``; GPU activities among them get a null ``dur_ns``)."""
+    c = EventColumns(events, ts_ns, dur_ns, dur_missing)
     groups = c.groups()
     none = np.empty(0, dtype=np.int64)
     host = groups.get("host", none)

@@ -34,6 +34,10 @@ from overlapscope.analyzers.kineto.timeconv import decimal_text_us_to_ns, needs_
 _RANK_IN_NAME = re.compile(r"rank[-_]?(\d+)", re.IGNORECASE)
 _DECODER = msgspec.json.Decoder(FastKinetoTrace, strict=False)
 KEPT_PHASES = ("X", "C")
+#: Largest usable |ts| (us): ns must fit int64 with room for a base time and a duration.
+MAX_TS_US = 4.0e15
+#: Longest usable duration (us): about 28 hours; longer (1e30, inf) is a broken writer.
+MAX_DUR_US = 1.0e11
 
 
 class _TimesOnly(msgspec.Struct):
@@ -65,6 +69,8 @@ class FileFrames:
     warp_events: pl.DataFrame
     counters: pl.DataFrame
     overlapscope: dict[str, Any] = field(default_factory=dict)
+    #: Events dropped as unusable: misfit types, non-finite or absurd ts/dur
+    #: (|ts| > MAX_TS_US, dur < 0 or > MAX_DUR_US).
     skipped_events: int = 0
 
     FRAME_NAMES = ("activities", "cpu_ops", "annotations", "comm_meta", "warp_events", "counters")
@@ -109,20 +115,27 @@ def _decode_file(path: Path) -> FileFrames:
     trace, skipped = _decode_trace(path, raw)
     all_events = trace.traceEvents or []
     n_events = len(all_events)
+    if n_events == 0 and not skipped:
+        raise TraceError(path, "'traceEvents' is empty: the profiler recorded nothing")
     # Only intervals ("X") and counters ("C") carry what the analyzers read.
     if isinstance(trace, FastKinetoTrace):
         events = [e for e in all_events if isinstance(e, KEPT_EVENT_TYPES)]
     else:
         events = [e for e in all_events if e.ph in KEPT_PHASES]
     del all_events
-    ts_ns, dur_ns = _times_ns(raw, events)
+    ts_ns, dur_ns, dur_missing, usable = _times_ns(raw, events)
+    if not usable.all():
+        # Absurd or negative times: drop the event, count it (meta skipped_events).
+        skipped += int((~usable).sum())
+        events = [e for e, ok in zip(events, usable.tolist(), strict=True) if ok]
+        ts_ns, dur_ns, dur_missing = ts_ns[usable], dur_ns[usable], dur_missing[usable]
     dist = trace.distributedInfo
     rank = dist.rank if dist and dist.rank is not None else None
     props = trace.deviceProperties or []
     num_sms = next((p.numSms for p in props if p.numSms), None)
     dev_name = next((p.name for p in props if p.name), None)
     base = int(trace.baseTimeNanoseconds or 0)
-    built = build_frames(events, ts_ns + base, dur_ns)
+    built = build_frames(events, ts_ns + base, dur_ns, dur_missing)
     return FileFrames(
         path=str(path),
         rank=rank,
@@ -217,28 +230,53 @@ def _convert_event(ev: Any) -> TraceEvent | None:
         return None
 
 
-def _times_ns(raw: bytes, events: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Absolute-to-base ns of every event's ts and dur (dur null -> 0)."""
+def _times_ns(
+    raw: bytes, events: list[Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(ts_ns, dur_ns, dur_missing, usable) of every event, times relative to the base.
+
+    ``dur`` null counts as 0 and is flagged in ``dur_missing``. ``usable`` is False
+    for an event whose ts or dur is not finite, whose |ts| exceeds MAX_TS_US, or
+    whose dur is negative or exceeds MAX_DUR_US; its times read as 0 here and the
+    caller drops it.
+    """
     ts = pl.Series(list(map(attrgetter("ts"), events)), dtype=pl.Float64, strict=False)
     dur = pl.Series(list(map(attrgetter("dur"), events)), dtype=pl.Float64, strict=False)
+    dur_missing = dur.is_null().to_numpy()
     ts_np = ts.fill_null(0.0).to_numpy()
     dur_np = dur.fill_null(0.0).to_numpy()
+    with np.errstate(invalid="ignore"):
+        usable = (
+            np.isfinite(ts_np)
+            & np.isfinite(dur_np)
+            & (np.abs(ts_np) <= MAX_TS_US)
+            & (dur_np >= 0)
+            & (dur_np <= MAX_DUR_US)
+        )
+    ts_np = np.where(usable, ts_np, 0.0)
+    dur_np = np.where(usable, dur_np, 0.0)
     if not needs_text_path(ts_np) and not needs_text_path(dur_np):
-        return us_to_ns(ts_np), us_to_ns(dur_np)
+        return us_to_ns(ts_np), us_to_ns(dur_np), dur_missing, usable
     # Epoch-scale microseconds: float64 lost the nanoseconds, read them from the text.
     try:
         times = msgspec.json.decode(raw, type=_TraceTimes).traceEvents
     except msgspec.MsgspecError:
-        return us_to_ns(ts_np), us_to_ns(dur_np)
+        return us_to_ns(ts_np), us_to_ns(dur_np), dur_missing, usable
     times = [t for t in times if t.ph in KEPT_PHASES]
     if len(times) != len(events):  # generic path dropped events; keep float precision
-        return us_to_ns(ts_np), us_to_ns(dur_np)
-    # Strings of digits ("ts": "123.5") are read like numbers; null/empty counts as 0.
-    ts_txt = pl.Series([bytes(t.ts).decode().strip('"') if t.ts else "0" for t in times])
-    dur_txt = pl.Series([bytes(t.dur).decode().strip('"') if t.dur else "0" for t in times])
+        return us_to_ns(ts_np), us_to_ns(dur_np), dur_missing, usable
+    # Strings of digits ("ts": "123.5") are read like numbers; null/empty counts as 0,
+    # and so does every unusable event (dropped by the caller).
+    ok = usable.tolist()
+    ts_txt = pl.Series([bytes(t.ts).decode().strip('"') if t.ts and k else "0"
+                        for t, k in zip(times, ok, strict=True)])
+    dur_txt = pl.Series([bytes(t.dur).decode().strip('"') if t.dur and k else "0"
+                         for t, k in zip(times, ok, strict=True)])
     return (
         decimal_text_us_to_ns(ts_txt).fill_null(0).to_numpy(),
         decimal_text_us_to_ns(dur_txt).fill_null(0).to_numpy(),
+        dur_missing,
+        usable,
     )
 
 

@@ -1,4 +1,4 @@
-"""`overlapscope analyze PATH...`: overlap and breakdown tables for Kineto traces."""
+"""`overlapscope analyze PATH...`: the declared Report tables for Kineto traces."""
 
 from __future__ import annotations
 
@@ -10,15 +10,17 @@ from typing import Annotated
 import msgspec
 import typer
 
-from overlapscope.analyzers.classify import RuleError, load_rules
-from overlapscope.analyzers.errors import TraceError
-from overlapscope.analyzers.load import load_run
-from overlapscope.analyzers.report import TABLES, Report, build_report
+from overlapscope.analyzers.batch import Progress, analyze
+from overlapscope.analyzers.classify import RuleError
+from overlapscope.analyzers.inputs import ReportOptions
+from overlapscope.analyzers.report import TABLES, Report
 from overlapscope.app import render
 
 EXIT_BAD_INPUT = 2
+EXIT_INCOMPLETE = 3
 #: Inputs at least this large (bytes in all) get a progress bar.
 PROGRESS_MIN_BYTES = 20 << 20
+DEFAULT_TABLES = ",".join(name for name, spec in TABLES.items() if spec.default)
 
 
 class Format(StrEnum):
@@ -30,6 +32,13 @@ class Format(StrEnum):
     markdown = "markdown"
 
 
+class Engine(StrEnum):
+    """Where per-run work runs."""
+
+    local = "local"
+    ray = "ray"
+
+
 def _size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
@@ -38,55 +47,45 @@ def _size(path: Path) -> int:
     return 0
 
 
-def analyze_paths(
-    paths: list[Path],
-    *,
-    cache: bool,
-    window: str | None,
-    rules_file: str | None,
-    gpus_per_node: int | None,
-    top: int,
-    hta_compat: bool,
-    show_progress: bool,
-) -> tuple[list[Report], list[TraceError]]:
-    """Load and analyze each path; bad inputs are collected, not raised."""
-    rules = load_rules(rules_file)
-    reports: list[Report] = []
-    errors: list[TraceError] = []
-    with render.progress(enabled=show_progress) as bar:
-        task = bar.add_task("analyzing", total=len(paths))
-        for path in paths:
-            bar.update(task, description=f"loading {path.name}")
+def parse_tables(spec: str) -> list[str]:
+    """'all' or a comma list of declared table names; raises ValueError naming unknowns."""
+    wanted = list(TABLES) if spec == "all" else [t.strip() for t in spec.split(",") if t.strip()]
+    unknown = [t for t in wanted if t not in TABLES]
+    if unknown:
+        raise ValueError(f"unknown table(s): {', '.join(unknown)}; known: {', '.join(TABLES)}")
+    return wanted
 
-            def on_file(file: Path, i: int, n: int, _p: Path = path) -> None:
-                bar.update(task, description=f"loading {_p.name} [{i + 1}/{n}] {file.name}")
 
-            try:
-                frames = load_run(path, cache=cache, gpus_per_node=gpus_per_node, progress=on_file)
-                bar.update(task, description=f"analyzing {path.name}")
-                reports.append(
-                    build_report(frames, window=window, rules=rules, top=top, hta_compat=hta_compat)
-                )
-            except TraceError as exc:
-                errors.append(exc)
-            bar.advance(task)
-    return reports, errors
+def json_document(reports: list[Report], errors: list) -> str:
+    """The JSON output: every report (facts, metrics, table statuses, rows) and errors."""
+    doc = {
+        "reports": [r.to_dict() for r in reports],
+        "errors": [{"path": e.path, "reason": e.reason} for e in errors],
+    }
+    return msgspec.json.format(msgspec.json.encode(doc), indent=2).decode() + "\n"
+
+
+EPILOG = (
+    "Overlap: communication counts as hidden only under compute kernels (host compute ops "
+    "on CPU-only traces); memcpy/memset are not compute, and comm under them alone is "
+    "shown as 'under memcpy'. Window: the span of work of the ProfilerStep#N annotations "
+    "(or --window), the whole trace when there are none. "
+    "Exit status: 0 every input analyzed; 2 some input was bad (the good ones are still "
+    "reported, the bad ones listed at the end); 3 a table failed to build (a bug: the "
+    "report is incomplete; --keep-going exits 0 then)."
+)
 
 
 def register(app: typer.Typer) -> None:
     """Add the analyze command to the CLI."""
 
-    @app.command(
-        epilog=(
-            "Exit status: 0 all inputs analyzed; 2 some input was bad (the good ones are "
-            "still reported, the bad ones listed at the end)."
-        )
-    )
-    def analyze(
+    @app.command(name="analyze", epilog=EPILOG)
+    def analyze_cmd(
         paths: Annotated[
             list[Path],
             typer.Argument(
-                help="Kineto trace files (.json / .json.gz) or run directories of rank files.",
+                help="Kineto trace files (.json / .json.gz), run directories of rank files, "
+                "or per-warp CSVs.",
                 show_default=False,
             ),
         ],
@@ -100,12 +99,13 @@ def register(app: typer.Typer) -> None:
                 "-t",
                 help="Comma-separated tables to show, or 'all'. Known: " + ", ".join(TABLES),
             ),
-        ] = "summary,streams,annotations,kernels,sm_split",
+        ] = DEFAULT_TABLES,
         window: Annotated[
             str | None,
             typer.Option(
                 help="Regex of the annotation that bounds the analysis window "
-                "(default: ProfilerStep#N; whole trace when absent)."
+                "(default: ProfilerStep#N; whole trace when absent). A regex that is "
+                "invalid or matches nothing is an error."
             ),
         ] = None,
         rules: Annotated[
@@ -115,10 +115,19 @@ def register(app: typer.Typer) -> None:
         gpus_per_node: Annotated[
             int | None,
             typer.Option(
-                help="GPUs per node, for IB/NVLink attribution of traces without topology."
+                min=1,
+                help="GPUs per node, for IB/NVLink attribution of traces without topology.",
             ),
         ] = None,
-        top: Annotated[int, typer.Option(help="Rows of the worst-kernels table.")] = 10,
+        top: Annotated[int, typer.Option(min=1, help="Rows of the worst_kernels table.")] = 10,
+        annotation_detail: Annotated[
+            bool,
+            typer.Option(
+                "--annotation-detail",
+                help="One annotations row per distinct name instead of rolling instances "
+                "(mb=3, stage=1, #12) up by pattern.",
+            ),
+        ] = False,
         cache: Annotated[
             bool,
             typer.Option(
@@ -133,51 +142,79 @@ def register(app: typer.Typer) -> None:
                 "last ProfilerStep dropped) to compare with HTA.",
             ),
         ] = False,
+        keep_going: Annotated[
+            bool,
+            typer.Option(
+                "--keep-going",
+                help="Exit 0 even when a table failed to build (it is still listed).",
+            ),
+        ] = False,
+        workers: Annotated[
+            int | None,
+            typer.Option(min=1, help="Worker processes (default: 1 for small inputs, else "
+                         "one per CPU)."),
+        ] = None,
+        engine: Annotated[
+            Engine, typer.Option(help="local processes, or Ray tasks (the `ray` extra).")
+        ] = Engine.local,
+        address: Annotated[
+            str | None, typer.Option(help="Ray cluster address (--engine ray).")
+        ] = None,
     ) -> None:
-        """Measure compute/communication overlap, exposed communication and idle time.
+        """Measure compute/communication overlap, exposed communication, idle time,
+        bubbles, traffic and warp roles.
 
         Each PATH is one run: a single trace file, or a directory holding one
         trace per rank (rank-<r>.json.gz or any names PyTorch writes).
         """
-        wanted = list(TABLES) if tables == "all" else [t.strip() for t in tables.split(",")]
-        unknown = [t for t in wanted if t not in TABLES]
-        if unknown:
-            render.error(f"unknown table(s): {', '.join(unknown)}; known: {', '.join(TABLES)}")
-            raise typer.Exit(EXIT_BAD_INPUT)
         try:
-            load_rules(rules)
-        except RuleError as exc:
+            wanted = parse_tables(tables)
+        except ValueError as exc:
             render.error(str(exc))
             raise typer.Exit(EXIT_BAD_INPUT) from None
-        show_progress = (
+        options = ReportOptions(
+            window=window, rules_file=rules, top=top, hta_compat=hta_compat,
+            gpus_per_node=gpus_per_node, annotation_detail=annotation_detail,
+        )
+        show = (
             fmt == Format.table
             and sys.stderr.isatty()
             and (len(paths) > 1 or sum(_size(p) for p in paths) >= PROGRESS_MIN_BYTES)
         )
-        reports, errors = analyze_paths(
-            paths,
-            cache=cache,
-            window=window,
-            rules_file=rules,
-            gpus_per_node=gpus_per_node,
-            top=top,
-            hta_compat=hta_compat,
-            show_progress=show_progress,
-        )
+        try:
+            with render.progress(enabled=show) as bar:
+                task = bar.add_task("analyzing", total=len(paths))
+
+                def on_progress(p: Progress) -> None:
+                    name = Path(p.path).name
+                    if p.stage == "decode":
+                        bar.update(task, description=f"decoding [{p.done}/{p.total}] {name}")
+                    else:
+                        bar.update(task, completed=p.done, description=f"analyzed {name}")
+
+                result = analyze(
+                    paths, options=options, cache=cache, progress=on_progress,
+                    workers=workers, engine=engine.value, address=address,
+                )
+        except RuleError as exc:
+            render.error(str(exc))
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        reports = result.reports
         if fmt == Format.json:
-            doc = {
-                "reports": [r.to_dict() for r in reports],
-                "errors": [{"path": e.path, "reason": e.reason} for e in errors],
-            }
-            sys.stdout.write(
-                msgspec.json.format(msgspec.json.encode(doc), indent=2).decode() + "\n"
-            )
+            sys.stdout.write(json_document(reports, result.errors))
         elif fmt == Format.csv:
             render.csv(reports, wanted)
         elif fmt == Format.markdown:
             render.markdown(reports, wanted)
         else:
             render.tables(reports, wanted)
-        if errors:
-            render.bad_inputs(errors)
+        if result.errors:
+            render.bad_inputs(result.errors)
+        broken = [(r.source, t, e) for r in reports for t, e in sorted(r.failures.items())]
+        for source, table, error in broken:
+            render.error(f"{source}: table {table} failed to build ({error}); report incomplete")
+        if result.errors:
             raise typer.Exit(EXIT_BAD_INPUT)
+        if broken and not keep_going:
+            raise typer.Exit(EXIT_INCOMPLETE)
+

@@ -7,12 +7,17 @@ every rank has a GPU) and shows one progress bar per rank. Under torchrun (``RAN
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-endpoint HOST:29500 \\
         -m overlapscope.app.cli profile --workload ep-dispatch --nodes 2 --gpus-per-node 8
 
+An ``--out`` directory that already holds a run (``run.json`` or ``rank-*.json*``) is
+refused unless ``--force``: a new run would replace those files.
+
 Exit status: 0 success, 2 refused arguments, 1 a rank failed or the run timed out.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import fnmatch
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -44,6 +49,44 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+#: Launcher keys: set through their own options, never through ``--set``.
+_OPTION_KEYS = {
+    "workload": "--workload", "schedule": "--schedule", "pp": "--pp", "ep": "--ep",
+    "nodes": "--nodes", "gpus_per_node": "--gpus-per-node",
+    "micro_batches": "--micro-batches", "steps": "--steps", "seed": "--seed",
+    "ib_gbps": "--ib-gbps", "nvl_gbps": "--nvl-gbps",
+}
+
+
+def check_set_keys(workload: str, extra: dict[str, Any]) -> None:
+    """Refuse ``--set`` keys the workload does not read (ValueError naming the known ones)."""
+    from overlapscope.profiler.run import WORKLOAD_KEYS
+
+    known = WORKLOAD_KEYS.get(workload)
+    if known is None:  # an unknown workload is reported by resolve()
+        return
+    for key in extra:
+        if key in _OPTION_KEYS:
+            raise ValueError(f"--set {key}=...: use the option {_OPTION_KEYS[key]} instead")
+        if key not in known:
+            raise ValueError(
+                f"--set: unknown key {key!r} for workload {workload}; known keys: "
+                + ", ".join(known)
+            )
+
+
+#: Files that make a directory a run directory (what a new run would replace).
+_RUN_FILES = ("run.json", "rank-*.json*")
+
+
+def existing_run_files(out: Path) -> list[str]:
+    """Names of run files already in ``out`` (empty when it is absent or holds none)."""
+    if not out.is_dir():
+        return []
+    names = [p.name for p in out.iterdir() if p.is_file()]
+    return sorted(n for n in names if any(fnmatch.fnmatch(n, pat) for pat in _RUN_FILES))
 
 
 class _RankBars:
@@ -104,16 +147,21 @@ def register(app: typer.Typer) -> None:
         schedule: Annotated[
             str, typer.Option(help="Pipeline schedule (dualpipe-moe): dualpipe, dualpipev, 1f1b.")
         ] = "dualpipe",
-        pp: Annotated[int | None, typer.Option(help="Pipeline ranks (default: inferred).")] = None,
+        pp: Annotated[
+            int | None, typer.Option(min=1, help="Pipeline ranks (default: inferred).")
+        ] = None,
         ep: Annotated[
-            int | None, typer.Option(help="Expert-parallel ranks (default: inferred).")
+            int | None, typer.Option(min=1, help="Expert-parallel ranks (default: inferred).")
         ] = None,
-        nodes: Annotated[int, typer.Option(help="Nodes to lay the ranks out on.")] = 1,
-        gpus_per_node: Annotated[int, typer.Option(help="Ranks (GPUs) per node.")] = 4,
+        nodes: Annotated[int, typer.Option(min=1, help="Nodes to lay the ranks out on.")] = 1,
+        gpus_per_node: Annotated[
+            int, typer.Option(min=1, help="Ranks (GPUs) per node.")
+        ] = 4,
         micro_batches: Annotated[
-            int | None, typer.Option(help="Micro-batches per step (default 2 x PP for DualPipe).")
+            int | None,
+            typer.Option(min=1, help="Micro-batches per step (default 2 x PP for DualPipe)."),
         ] = None,
-        steps: Annotated[int, typer.Option(help="Training steps to run.")] = 2,
+        steps: Annotated[int, typer.Option(min=1, help="Training steps to run.")] = 2,
         seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
         backend: Annotated[str, typer.Option(help="auto, gloo or nccl.")] = "auto",
         ib_gbps: Annotated[float, typer.Option(help="Emulated IB bandwidth per GPU, GB/s.")] = 50.0,
@@ -123,6 +171,10 @@ def register(app: typer.Typer) -> None:
         out: Annotated[
             str | None, typer.Option(help="Run directory (default runs/<workload>-<time>).")
         ] = None,
+        force: Annotated[
+            bool,
+            typer.Option("--force", help="Overwrite the run already in --out (run.json, rank-*)."),
+        ] = False,
         no_trace: Annotated[
             bool, typer.Option("--no-trace", help="Run without tracing (overhead baseline).")
         ] = False,
@@ -145,20 +197,40 @@ def register(app: typer.Typer) -> None:
             LaunchError,
             RunConfig,
             is_torchrun_env,
+            pick_backend,
             resolve,
             run_local,
             run_torchrun,
         )
 
         err = Console(stderr=True)
+
+        def refuse(message: str) -> typer.Exit:
+            err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)  # one line
+            return typer.Exit(2)
+
         try:
             extra = _parse_sets(set_ or [])
+            check_set_keys(workload, extra)
         except ValueError as exc:
-            err.print(f"[red]error:[/red] {escape(str(exc))}")
-            raise typer.Exit(2) from None
+            raise refuse(str(exc)) from None
+        if importlib.util.find_spec("torch") is None:
+            raise refuse(
+                "profile needs torch: pip install 'overlapscope[profiling]' "
+                "(or: bash scripts/setup.sh profiling)"
+            )
         if out is None:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             out = str(Path("runs") / f"{workload}-{stamp}")
+        if Path(out).exists() and not Path(out).is_dir():
+            raise refuse(f"--out {out} is a file, not a directory")
+        held = existing_run_files(Path(out))
+        if held and not force:
+            shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+            raise refuse(
+                f"--out {out} already holds a run ({shown}); pass --force to replace it, "
+                "or choose another --out"
+            )
         cfg = RunConfig(
             workload=workload,
             schedule=schedule,
@@ -178,14 +250,16 @@ def register(app: typer.Typer) -> None:
             collective_timeout_s=collective_timeout,
             extra=extra,
         )
+        torchrun = is_torchrun_env()
         try:
             cfg = resolve(cfg)
+            # before any rank starts: e.g. --backend nccl on a machine without CUDA
+            pick_backend(cfg.backend, cfg.gpus_per_node if torchrun else cfg.world_size)
         except ConfigError as exc:
-            err.print(f"[red]error:[/red] {escape(str(exc))}")
-            raise typer.Exit(2) from None
+            raise refuse(str(exc)) from None
         console = Console()
         try:
-            if is_torchrun_env():
+            if torchrun:
                 _torchrun(cfg, run_torchrun, err)
                 if int(os.environ["RANK"]) == 0:
                     console.print(f"rank 0 done; run written to {cfg.out}")

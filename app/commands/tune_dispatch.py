@@ -5,9 +5,12 @@ Every combination of warps per role (senders, forwarders, receivers), channels
 one source rank, calibrated to the H200 fixture kernel). The best configurations
 are printed with their predicted kernel time and bottleneck; the bottleneck of
 the shown rows comes from the warp-role analyzer (analyzers/warps.py) run on the
-emulator's per-warp events. All points go to a plotly HTML file. Example::
+emulator's per-warp events. With ``--out FILE.html`` every point goes to a
+self-contained plotly HTML file (plotly.js embedded: it opens offline). Needs no
+torch: the routing is the NumPy twin of the V3 gate. Example::
 
-    overlapscope tune-dispatch --receivers 2,4,8 --forwarders 4,8 --channels 10,20
+    overlapscope tune-dispatch --receivers 2,4,8 --forwarders 4,8 --channels 10,20 \\
+        --out tune_dispatch.html
 
 Exit status: 0 success, 2 bad arguments.
 """
@@ -120,7 +123,8 @@ def plot(frame: pl.DataFrame, path: Path) -> None:
         title="Emulated two-hop dispatch: predicted kernel time per configuration",
         xaxis_title="warps per block", yaxis_title="predicted kernel time (us)",
     )
-    fig.write_html(path, include_plotlyjs="cdn")
+    # plotly.js embedded (~4 MB) so the file works offline and when mailed around
+    fig.write_html(path, include_plotlyjs=True)
 
 
 def tune_dispatch(
@@ -140,8 +144,10 @@ def tune_dispatch(
     nvl_gbps: Annotated[float, typer.Option(min=0.0, help="NVLink GB/s (0 = unlimited)")] = 160.0,
     seed: Annotated[int, typer.Option(help="seed of the random gate scores")] = 0,
     top: Annotated[int, typer.Option(min=1, help="configurations to show")] = 10,
-    plot_file: Annotated[Path, typer.Option("--plot", help="plotly HTML output")] = Path(
-        "tune_dispatch.html"),
+    out: Annotated[Path | None, typer.Option(
+        "--out", "--plot", dir_okay=False,
+        help="write the interactive plot of every point to this HTML file (works offline)",
+    )] = None,
     csv: Annotated[Path | None, typer.Option(help="write every sweep point as CSV")] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
@@ -183,8 +189,16 @@ def tune_dispatch(
             f"{r['kernel_us']:,.1f}", f"{r['kernel_us'] / t0:.2f}x", r["bottleneck"],
         )
     render.out.print(table)
-    plot(frame, plot_file)
-    render.out.print(f"plot: {plot_file}")
+    if out is not None:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            plot(frame, out)
+        except OSError as exc:
+            render.error(f"cannot write the plot to {out}: {exc.strerror or exc}")
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        render.out.print(f"plot: {out}", soft_wrap=True)
+    else:
+        render.out.print("plot: not written (add --out FILE.html for the interactive plot)")
     if csv is not None:
         frame.write_csv(csv)
         render.out.print(f"all points: {csv}")

@@ -79,23 +79,54 @@ def make_plan(topk_ids: np.ndarray, cfg: DispatchConfig) -> DispatchPlan:
     )
 
 
+def _stable_top(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest entries along the last axis, ties to the lower index."""
+    return np.argsort(-values, axis=-1, kind="stable")[..., :k]
+
+
+def node_limited_topk(
+    affinity: np.ndarray, *, n_nodes: int, top_k: int, max_nodes: int,
+    node_score: str = "sum_topk",
+) -> np.ndarray:
+    """NumPy twin of ``overlapscope.profiler.routing.node_limited_topk`` (ids only, no bias).
+
+    Same V3 rule and tie-breaking (lower index wins), so the emulator and ``tune-dispatch``
+    need no torch; ``tests/unit/test_tune_dispatch_routing.py`` checks both gates agree.
+    """
+    n_tokens, n_experts = affinity.shape
+    if n_nodes < 1 or n_experts % n_nodes:
+        raise ValueError(f"{n_experts} experts cannot be split evenly over n_nodes={n_nodes}")
+    per_node = n_experts // n_nodes
+    if not 1 <= max_nodes <= n_nodes:
+        raise ValueError(f"max_nodes={max_nodes} must be in 1..{n_nodes}")
+    if not 1 <= top_k <= max_nodes * per_node:
+        raise ValueError(f"top_k={top_k} must be in 1..{max_nodes * per_node} "
+                         f"(max_nodes x experts per node)")
+    grouped = affinity.reshape(n_tokens, n_nodes, per_node)
+    if node_score == "sum_topk":
+        keep = max(1, min(top_k // max_nodes, per_node))
+        scores = -np.sort(-grouped, axis=-1, kind="stable")[..., :keep].sum(-1)
+    elif node_score == "max":
+        scores = grouped.max(axis=-1)
+    else:
+        raise ValueError(f"unknown node_score {node_score!r}; use 'sum_topk' or 'max'")
+    keep_nodes = _stable_top(scores, max_nodes)
+    node_mask = np.zeros((n_tokens, n_nodes), dtype=bool)
+    np.put_along_axis(node_mask, keep_nodes, True, axis=1)
+    masked = np.where(np.repeat(node_mask, per_node, axis=1), affinity, -np.inf)
+    return _stable_top(masked, top_k).astype(np.int64)
+
+
 def routed_topk(cfg: DispatchConfig) -> np.ndarray:
     """Node-limited top-k ids for random gate scores (seeded by ``cfg.seed``).
 
-    Affinities are sigmoid(N(0, 1)) per (token, expert), no bias; the gate is
-    ``overlapscope.profiler.routing.node_limited_topk`` (V3 rule).
+    Affinities are sigmoid(N(0, 1)) per (token, expert) from NumPy's PCG64 generator, no
+    bias; the gate is :func:`node_limited_topk` (V3 rule). Pure NumPy: no torch needed.
     """
-    import torch
-
-    from overlapscope.profiler.routing import node_limited_topk
-
-    gen = torch.Generator().manual_seed(cfg.seed)
-    affinity = torch.sigmoid(torch.randn(cfg.tokens, cfg.experts, generator=gen))
-    topk, _weights = node_limited_topk(
-        affinity, None, n_nodes=cfg.nodes, top_k=cfg.top_k, max_nodes=cfg.max_nodes,
-        node_score=cfg.node_score,
-    )
-    return topk.numpy().astype(np.int64)
+    rng = np.random.default_rng(cfg.seed)
+    affinity = 1.0 / (1.0 + np.exp(-rng.standard_normal((cfg.tokens, cfg.experts))))
+    return node_limited_topk(affinity, n_nodes=cfg.nodes, top_k=cfg.top_k,
+                             max_nodes=cfg.max_nodes, node_score=cfg.node_score)
 
 
 def routing_bytes(plan: DispatchPlan, cfg: DispatchConfig) -> tuple[int, int]:

@@ -163,11 +163,13 @@ def _check(results: list[dict], nodes: int, gpn: int, ep_groups: list[list[int]]
             assert total_back * (cfg.hidden + cfg.top_k) == sum(expect.values()) * cfg.hidden
 
 
+@pytest.mark.slow  # spawns gloo ranks (multi-process)
 def test_two_hop_matches_reference_2x2(run_ranks) -> None:
     groups = [[0, 1, 2, 3]]
     _check(run_ranks(_worker, 4, 2, 2, groups, False), 2, 2, groups)
 
 
+@pytest.mark.slow  # spawns gloo ranks (multi-process)
 def test_two_hop_on_comm_thread_and_strided_ep_groups(run_ranks) -> None:
     # EP groups {0,2} and {1,3} span both nodes with one member per node (as PP x EP layouts do)
     groups = [[0, 2], [1, 3]]
@@ -226,6 +228,7 @@ def _workload_worker(rank: int, world: int, cfg: dict) -> dict:
             "spans": [(name, tid == main) for name, tid in session.spans]}
 
 
+@pytest.mark.slow  # spawns gloo ranks (multi-process)
 def test_ep_dispatch_workload_phases_threads_and_traffic(run_ranks) -> None:
     from overlapscope.profiler.workloads.ep_dispatch import model_config
 

@@ -47,6 +47,7 @@ def check(n_ranks: int, cases: list[tuple[str, int]]) -> None:
                 torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow  # spawns gloo ranks (multi-process)
 def test_pp4_m8_all_schedules() -> None:
     check(4, [("dualpipe", 8), ("dualpipev", 8), ("1f1b", 8), ("zb1p", 8)])
 

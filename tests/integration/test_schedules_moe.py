@@ -83,6 +83,7 @@ def _phase_intervals(path) -> tuple[int | None, dict[str, list[tuple[int, float,
     return doc["overlapscope"].get("comm_tid"), out
 
 
+@pytest.mark.slow  # spawns gloo ranks (multi-process)
 def test_dualpipe_moe_pair_comm_runs_on_comm_thread(tmp_path) -> None:
     """Inside overlapped F&B pairs dispatch(F)/combine(B) run on the comm thread while
     attn(F)/mlp(B) compute on the main thread, and their intervals really overlap."""

@@ -87,13 +87,15 @@ def test_bad_rule_file_names_file_and_rule(tmp_path: Path) -> None:
         load_rules(str(rules))
 
 
-def test_launch_context_and_comm_stream_rules(tmp_path: Path) -> None:
+def test_launch_context_rule_and_no_stream_promotion(tmp_path: Path) -> None:
+    """Issue #7: an activity is comm by what it is, never by the stream it shares."""
     tb = TraceBuilder()
     # NCCL world-size-1 all_to_all: a DtoD copy launched inside record_param_comms.
     tb.cpu_op("record_param_comms", 1_000, 10_000)
     tb.kernel("Memcpy DtoD (Device -> Device)", 20_000, 30_000, stream=13, cat="gpu_memcpy",
               launch_ns=5_000)
-    # A staging copy on the same stream (not launched in a comm op) and a cast kernel.
+    # A copy on the same stream (not launched in a comm op) and a cast kernel: memory
+    # and compute, although the stream is mostly comm.
     tb.kernel("Memcpy DtoH (Device -> Pinned)", 30_000, 60_000, stream=13, cat="gpu_memcpy",
               launch_ns=15_000)
     tb.kernel("void cast_to_fp8<float>(float*)", 60_000, 61_000, stream=13, launch_ns=16_000)
@@ -105,7 +107,7 @@ def test_launch_context_and_comm_stream_rules(tmp_path: Path) -> None:
     got = {(r["stream"], r["name"][:12]): (r["kind"], r["rule"])
            for r in frames.activities.iter_rows(named=True)}
     assert got[(13, "Memcpy DtoD ")] == ("comm", "launched-in-comm-op")
-    assert got[(13, "Memcpy DtoH ")] == ("comm", "copy-on-comm-stream")
-    assert got[(13, "void cast_to")] == ("comm", "on-comm-stream")
+    assert got[(13, "Memcpy DtoH ")] == ("memory", "memcpy")
+    assert got[(13, "void cast_to")] == ("compute", "kernel-default")
     assert got[(7, "void gemm_ke")] == ("compute", "kernel-default")
     assert got[(7, "Memcpy DtoH ")] == ("memory", "memcpy")

@@ -2,6 +2,13 @@
 
 Every number here was derived by hand from the timelines drawn in that README
 (and cross-checked by counting on a 0.25 us grid), not taken from the code.
+
+Issue #7 changed one rule: rank 0's FP8 cast c5 ([90, 92] on the DeepEP stream 27)
+is compute, as its name says, not comm by the stream it runs on. By hand, rank 0:
+U(C) = [10, 45.5] + [55, 90] = 35.5 + 35 = 70.5; U(P) unchanged (c5 lies inside
+k5 [85, 95]) = 60; O = [20, 45.5] + [60, 80] + [85, 90] = 25.5 + 20 + 5 = 50.5;
+exposed 20; span 85 and idle 5 unchanged. combine(F) now holds c4 (comm 35,
+hidden [60, 80] + [85, 90] = 25) and c5 (compute 2). Rank 1 is unchanged.
 """
 
 from __future__ import annotations
@@ -23,16 +30,16 @@ RUN = Path(__file__).resolve().parents[2] / "sample_traces" / "handmade"
 
 #: (rank, device) -> span, compute busy, comm busy, overlap, exposed comm, idle (ns).
 SUMMARY = {
-    (0, 0): dict(span_ns=85_000, compute_busy_ns=60_000, comm_busy_ns=72_500,
-                 overlap_ns=52_500, exposed_comm_ns=20_000, idle_ns=5_000),
+    (0, 0): dict(span_ns=85_000, compute_busy_ns=60_000, comm_busy_ns=70_500,
+                 overlap_ns=50_500, exposed_comm_ns=20_000, idle_ns=5_000),
     (1, 1): dict(span_ns=80_250, compute_busy_ns=40_000, comm_busy_ns=40_250,
                  overlap_ns=10_000, exposed_comm_ns=30_250, idle_ns=10_000),
 }
-RATIO = {(0, 0): 21 / 29, (1, 1): 40 / 161}
+RATIO = {(0, 0): 101 / 141, (1, 1): 40 / 161}
 
-#: (rank, stream) -> (busy, comm busy, comm hidden under non-comm work) in ns.
+#: (rank, stream) -> (busy, comm busy, comm hidden under compute) in ns.
 STREAMS = {
-    (0, 7): (60_000, 0, 0), (0, 23): (10_000, 0, 0), (0, 27): (72_500, 72_500, 52_500),
+    (0, 7): (60_000, 0, 0), (0, 23): (10_000, 0, 0), (0, 27): (72_500, 70_500, 50_500),
     (1, 7): (40_000, 0, 0), (1, 13): (40_250, 40_250, 10_000), (1, 23): (5_000, 0, 0),
 }
 
@@ -43,14 +50,14 @@ ANNOTATIONS = {
     (0, "mlp(F)"): (0, 20_000, 0, 30_000, None),
     (0, "mlp(W)"): (0, 10_000, 0, 10_000, None),
     (0, "attn(B)"): (0, 10_000, 0, 10_000, None),
-    (0, "combine(F)"): (37_000, 0, 27_000, 37_000, "mlp(F)"),
+    (0, "combine(F)"): (35_000, 2_000, 25_000, 37_000, "mlp(F)"),
     (1, "attn(F)"): (0, 30_000, 0, 30_000, None),
     (1, "dispatch(F)"): (30_000, 0, 10_000, 30_000, "attn(F)"),
     (1, "mlp(F)"): (0, 10_000, 0, 10_000, None),
     (1, "combine(F)"): (10_250, 0, 0, 10_250, None),
 }
 #: The step annotation holds everything: its numbers are the per-GPU summary.
-STEP = {0: (72_500, 60_000, 52_500, 85_000), 1: (40_250, 40_000, 10_000, 80_250)}
+STEP = {0: (70_500, 60_000, 50_500, 85_000), 1: (40_250, 40_000, 10_000, 80_250)}
 
 #: (rank, kernel-name prefix) -> coverage |k ∩ U(P)| / dur(k).
 COVERAGE = {
@@ -58,7 +65,6 @@ COVERAGE = {
     (0, "void dpsk::ep::internode::notify_dispatch"): 0.0,
     (0, "void dpsk::ep::internode::dispatch"): 51 / 55,
     (0, "void dpsk::ep::internode::combine"): 5 / 7,
-    (0, "void at::native::unrolled_elementwise_kernel"): 1.0,
     (1, "ncclDevKernel_SendRecv"): 1 / 3,
     (1, "ncclDevKernel_AllGather"): 0.0,
 }
@@ -103,7 +109,7 @@ def test_by_annotation(frames: TraceFrames) -> None:
         assert tuple(rows[key][c] for c in cols) == expected, key
     for rank, expected in STEP.items():
         assert tuple(rows[(rank, "ProfilerStep#1")][c] for c in cols[:4]) == expected
-    # Comm annotations' hidden parts add up to the GPU's overlap (25.5 + 27 = 52.5 us).
+    # Comm annotations' hidden parts add up to the GPU's overlap (25.5 + 25 = 50.5 us).
     assert rows[(0, "dispatch(F)")]["paired_overlap_ns"] == 25_500
     assert rows[(0, "combine(F)")]["paired_overlap_ns"] == 20_000
 
@@ -125,5 +131,5 @@ def test_kernel_coverage(frames: TraceFrames) -> None:
         hits = [c for r, n, c in rows if r == rank and n.startswith(prefix)]
         assert len(hits) == 1, (rank, prefix)
         assert hits[0] == pytest.approx(expected, abs=1e-9), (rank, prefix)
-    # Only communication kernels are listed (7 of the 16 activities).
+    # Only communication kernels are listed (6 of the 16 activities; the cast is compute).
     assert len(rows) == len(COVERAGE)

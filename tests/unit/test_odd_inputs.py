@@ -86,10 +86,13 @@ def test_missing_optional_fields() -> None:
 
 def test_zero_and_negative_durations() -> None:
     # Compute s7: [0, 10], zero at 5, negative (-3 us) at 12. Comm s13: [5, 15], zero at 14,
-    # negative (-2 us) at 3. Zero and negative lengths add nothing to any busy time.
-    # U(P) = 10, U(C) = 10, O = [5, 10].
+    # negative (-2 us) at 3. Issue #7: a negative duration is unusable data, so those two
+    # events are skipped and counted; zero lengths are kept and add nothing to any busy
+    # time. U(P) = 10, U(C) = 10, O = [5, 10].
     f = load("durations.json")
-    assert f.activities.height == 6
+    assert f.activities.height == 4
+    assert f.meta["skipped_events"] == 2
+    assert sorted(f.activities["dur_ns"].to_list()) == [0, 0, 10_000, 10_000]
     assert_summary(summary(f)[(0, 0)], span=15_000, compute=10_000, comm=10_000,
                    overlap=5_000, idle=0)
     # Only the one comm kernel with a length has a coverage: [5, 10] of [5, 15] = 0.5.

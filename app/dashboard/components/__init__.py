@@ -1,0 +1,1 @@
+"""Shared dashboard pieces: value formatting, registry tables, figures, messages."""

@@ -1,0 +1,204 @@
+"""Timeline: all ranks on one time axis, lanes per stream / thread / annotation depth,
+exposed communication shaded; zoom and pan ask the server for the window's rectangles
+(``Timeline.view``: at most lanes x pixel columns, never raw events)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import polars as pl
+from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
+from dash.exceptions import PreventUpdate
+
+from overlapscope.analyzers.timeline import Timeline
+from overlapscope.app.dashboard.components.common import selected
+from overlapscope.app.dashboard.components.figures import (
+    GRAPH_CONFIG,
+    empty_figure,
+    timeline_figure,
+)
+from overlapscope.app.dashboard.components.format import fmt_ns
+from overlapscope.app.dashboard.components.tables import message
+from overlapscope.app.dashboard.state import DashboardState
+
+PATH = "/timeline"
+NAME = "Timeline"
+ORDER = 1
+#: Ranks shown at first (all of them when the run has no more).
+DEFAULT_RANKS = 8
+DEFAULT_PIXELS = 1000
+GROUPS = {
+    "annotation": ["annotation"],
+    "work": ["compute", "comm", "thread"],
+    "exposed": ["exposed"],
+}
+
+
+def layout(state: DashboardState, **_query: Any) -> html.Div:
+    """The Timeline view."""
+    return html.Div([
+        html.H2("Timeline"),
+        html.P("Drag to zoom into a time range, double-click to zoom out; shift-drag pans. "
+               "Each pixel column shows the longest interval of a lane there. "
+               "Click a bar for its details.", className="hint"),
+        html.Div([
+            html.Div([html.Label("Ranks"),
+                      dcc.Dropdown(id="tl-ranks", multi=True, placeholder="ranks…")],
+                     className="control grow"),
+            html.Div([html.Label("Lanes"), dcc.Checklist(
+                id="tl-groups",
+                options=[{"label": " annotations", "value": "annotation"},
+                         {"label": " streams / threads", "value": "work"},
+                         {"label": " exposed comm", "value": "exposed"}],
+                value=["annotation", "work", "exposed"], inline=True)], className="control"),
+            html.Button("Whole run", id="tl-reset", n_clicks=0, className="button"),
+        ], className="controls"),
+        html.Div(id="tl-message"),
+        dcc.Loading(dcc.Graph(id="tl-graph", figure=empty_figure("Loading…"),
+                              config={**GRAPH_CONFIG, "scrollZoom": True}),
+                    type="circle", delay_show=400),
+        html.Div(id="tl-stats", className="stats"),
+        html.Div(id="tl-info", className="info-panel"),
+        dcc.Store(id="tl-window"),
+        dcc.Store(id="tl-width"),
+    ])
+
+
+def _x_range(relayout: dict[str, Any] | None) -> tuple[float, float] | str | None:
+    """(x0, x1) in ms from a relayout event, "full" for autorange, None otherwise."""
+    if not relayout:
+        return None
+    if relayout.get("xaxis.autorange"):
+        return "full"
+    if "xaxis.range[0]" in relayout and "xaxis.range[1]" in relayout:
+        return float(relayout["xaxis.range[0]"]), float(relayout["xaxis.range[1]"])
+    if isinstance(relayout.get("xaxis.range"), list):
+        a, b = relayout["xaxis.range"][:2]
+        return float(a), float(b)
+    return None
+
+
+def render(
+    tl: Timeline, ranks: list[int], groups: list[str], t0: int, t1: int, pixels: int,
+    revision: str,
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """The figure of one window and its counts (used by the page and the benchmark)."""
+    kinds = [g for key in groups for g in GROUPS.get(key, [])]
+    lanes = tl.lanes.filter(pl.col("rank").is_in(ranks) & pl.col("group").is_in(kinds))
+    rects = tl.view(t0, t1, pixels, lanes["lane"].to_list()) if lanes.height else tl.view(
+        t0, t1, pixels, [])
+    fig = timeline_figure(tl, rects, lanes, t0, t1, pixels, revision=revision)
+    return fig, {"rects": rects.height, "lanes": lanes.height, "pixels": pixels}
+
+
+def register(app: Dash, state: DashboardState) -> None:
+    """Callbacks of the Timeline view."""
+
+    @app.callback(
+        Output("tl-ranks", "options"),
+        Output("tl-ranks", "value"),
+        Input("run-select", "value"),
+        Input("runs-version", "data"),
+        State("tl-ranks", "value"),
+    )
+    def ranks(rid: str | None, _v: int, current: list[int] | None) -> tuple[Any, Any]:
+        entry, _ = selected(state, rid)
+        if entry is None or entry.timeline is None:
+            return [], []
+        all_ranks = sorted(entry.timeline.lanes["rank"].unique().to_list())
+        keep = [r for r in (current or []) if r in all_ranks]
+        value = keep or all_ranks[:DEFAULT_RANKS]
+        return [{"label": f"rank {r}", "value": r} for r in all_ranks], value
+
+    app.clientside_callback(
+        """function(_opts) {
+            var el = document.getElementById('tl-graph');
+            var w = el ? el.offsetWidth : 0;
+            return w > 0 ? w : null;
+        }""",
+        Output("tl-width", "data"),
+        Input("tl-ranks", "options"),
+    )
+
+    @app.callback(
+        Output("tl-graph", "figure"),
+        Output("tl-stats", "children"),
+        Output("tl-window", "data"),
+        Output("tl-message", "children"),
+        Input("tl-ranks", "value"),
+        Input("tl-groups", "value"),
+        Input("tl-graph", "relayoutData"),
+        Input("tl-reset", "n_clicks"),
+        State("run-select", "value"),
+        State("tl-window", "data"),
+        State("tl-width", "data"),
+    )
+    def draw(ranks: list[int] | None, groups: list[str] | None, relayout: Any, _reset: int,
+             rid: str | None, window: dict[str, Any] | None, width: int | None) -> tuple:
+        started = time.perf_counter()
+        entry, msg = selected(state, rid)
+        if entry is None:
+            return empty_figure("No run loaded."), "", None, msg
+        tl = entry.timeline
+        if tl is None or tl.index.size == 0:
+            reason = entry.result.report.not_applicable.get(  # type: ignore[union-attr]
+                "summary", "nothing to draw")
+            extra = " Its warp swimlanes are on the Warps page." if entry.warps else ""
+            return (empty_figure("Nothing to draw."), "", None,
+                    message(f"This run has no timeline: {reason}.{extra}", "warn",
+                            id="tl-none"))
+        full = (tl.t_min, tl.t_max)
+        trig = ctx.triggered_id
+        if trig == "tl-graph":
+            xr = _x_range(relayout)
+            if xr is None:
+                raise PreventUpdate
+            t0, t1 = full if xr == "full" else (int(xr[0] * 1e6), int(xr[1] * 1e6))
+        elif trig == "tl-reset" or not window or window.get("run") != entry.id:
+            t0, t1 = full
+        else:
+            t0, t1 = int(window["t0"]), int(window["t1"])
+        if t1 <= t0:
+            t1 = t0 + 1
+        pixels = int(min(2400, max(200, (width or DEFAULT_PIXELS + 250) - 250)))
+        fig, n = render(tl, ranks or [], groups or [], t0, t1, pixels,
+                        revision=f"{entry.id}:{sorted(ranks or [])}:{sorted(groups or [])}")
+        ms = (time.perf_counter() - started) * 1e3
+        stats = html.Span([
+            html.Span(str(n["rects"]), id="tl-rect-count"), " rectangles for ",
+            html.Span(str(n["lanes"]), id="tl-lane-count"), " lanes × ",
+            html.Span(str(n["pixels"]), id="tl-px"), " pixel columns · window ",
+            html.Span(fmt_ns(t1 - t0), id="tl-span"), f" · {ms:.0f} ms on the server",
+        ])
+        return fig, stats, {"run": entry.id, "t0": t0, "t1": t1}, None
+
+    @app.callback(
+        Output("tl-info", "children"),
+        Input("tl-graph", "clickData"),
+        State("run-select", "value"),
+        prevent_initial_call=True,
+    )
+    def click(data: dict[str, Any] | None, rid: str | None) -> Any:
+        entry, _ = selected(state, rid)
+        if entry is None or entry.timeline is None or not data or not data.get("points"):
+            return no_update
+        custom = data["points"][0].get("customdata")
+        if not custom:
+            return no_update
+        info = entry.timeline.describe(int(custom[0]))
+        fields = [
+            ("name", info.get("name")),
+            ("lane", info.get("lane")),
+            ("start", fmt_ns(info["start_ns"]) + " from the run's first event"),
+            ("end", fmt_ns(info["end_ns"])),
+            ("duration", fmt_ns(info["dur_ns"])),
+            ("classification", " / ".join(str(x) for x in (info.get("kind"),
+                                                           info.get("comm_type"),
+                                                           info.get("rule")) if x)),
+        ]
+        if "stream" in info:
+            fields.insert(2, ("stream / thread", str(info["stream"])))
+            fields.append(("annotation", info.get("annotation") or "(none)"))
+        return html.Table([html.Tr([html.Th(k), html.Td(str(v), id=f"tl-info-{k.split()[0]}")])
+                           for k, v in fields], className="facts", id="tl-info-table")

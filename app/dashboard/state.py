@@ -1,0 +1,241 @@
+"""The dashboard's server-side state: opened runs, their background loading, uploads.
+
+One :class:`DashboardState` per app (made by the app factory, never global). Runs
+load on one background thread through the batch API (``analyze(..., keep_frames=
+True, progress=...)``); the page polls :meth:`DashboardState.snapshot` for
+progress. The parquet cache of the batch API makes a reopened run fast.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from overlapscope.analyzers import Progress, ReportOptions, RunResult, analyze
+from overlapscope.analyzers.errors import TraceError
+from overlapscope.analyzers.timeline import Timeline, build_timeline, warp_timeline
+from overlapscope.app.dashboard.paths import UPLOAD_SUFFIXES, PathError, resolve_under
+
+Status = Literal["queued", "loading", "ready", "error"]
+
+
+class UploadError(ValueError):
+    """An upload the dashboard refuses, with the reason in words."""
+
+
+@dataclass
+class RunEntry:
+    """One opened run: where it comes from, how far its loading got, its results."""
+
+    id: str
+    path: Path
+    label: str
+    source: str  # "command line", "opened", "uploaded"
+    status: Status = "queued"
+    stage: str = "queued"
+    done: int = 0
+    total: int = 0
+    error: str | None = None
+    result: RunResult | None = None
+    timeline: Timeline | None = None
+    warps: Timeline | None = None
+    seconds: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        """True when the report (and timeline) can be shown."""
+        return self.status == "ready" and self.result is not None
+
+    def progress_text(self) -> str:
+        """One line saying where loading stands."""
+        if self.status == "error":
+            return f"{self.label}: failed: {self.error}"
+        if self.status == "ready":
+            return f"{self.label}: ready ({self.seconds:.1f} s)" if self.seconds else self.label
+        if self.total:
+            return f"{self.label}: {self.stage} {self.done}/{self.total}"
+        return f"{self.label}: {self.stage}"
+
+
+def _label(path: Path) -> str:
+    parts = path.parts
+    return "/".join(parts[-2:]) if len(parts) >= 2 else path.name
+
+
+class DashboardState:
+    """Opened runs and the allowed roots of one dashboard app."""
+
+    def __init__(
+        self,
+        roots: list[Path],
+        *,
+        max_upload_mb: float = 100,
+        cache: bool = True,
+        workers: int | None = None,
+        options: ReportOptions | None = None,
+    ) -> None:
+        self.roots = [Path(r).resolve() for r in roots]
+        self.max_upload_bytes = int(max_upload_mb * (1 << 20))
+        self.cache = cache
+        self.workers = workers
+        self.options = options or ReportOptions()
+        self.runs: dict[str, RunEntry] = {}
+        self.version = 0  # bumped whenever a run's status changes
+        self.extra: dict[str, Any] = {}  # "select": id of a run to show once it is ready
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="overlapscope-load")
+        self._upload_dir: Path | None = None
+
+    # ------------------------------------------------------------------ opening
+
+    def open(self, path: Path, source: str = "command line") -> RunEntry:
+        """Queue ``path`` for loading (or return the entry that already has it)."""
+        path = Path(path).resolve()
+        with self._lock:
+            for entry in self.runs.values():
+                if entry.path == path and entry.status != "error":
+                    return entry
+            rid = str(len(self.runs))
+            label = _label(path)
+            if source == "uploaded":
+                label = f"upload: {path.name}"
+            entry = RunEntry(rid, path, label, source)
+            self.runs[rid] = entry
+            self.version += 1
+        self._pool.submit(self._load, entry)
+        return entry
+
+    def open_relative(self, value: str, root: int | None = None) -> RunEntry:
+        """Open a path typed in the page, relative to root ``root`` (or any root).
+
+        Raises PathError when the path is refused (see :mod:`.paths`).
+        """
+        roots = self.roots if root is None else [self.roots[int(root)]]
+        return self.open(resolve_under(value, roots), source="opened")
+
+    def _set(self, entry: RunEntry, **kw: Any) -> None:
+        with self._lock:
+            for k, v in kw.items():
+                setattr(entry, k, v)
+            self.version += 1
+
+    def _load(self, entry: RunEntry) -> None:
+        t0 = time.perf_counter()
+        self._set(entry, status="loading", stage="reading")
+
+        def progress(p: Progress) -> None:
+            stage = "decoding files" if p.stage == "decode" else "analyzing"
+            self._set(entry, stage=stage, done=p.done, total=p.total)
+
+        try:
+            result = analyze(
+                [entry.path], options=self.options, cache=self.cache, keep_frames=True,
+                progress=progress, workers=self.workers,
+            )
+            if result.errors:
+                err = result.errors[0]
+                self._set(entry, status="error", error=err.reason, stage="failed")
+                return
+            run = result.runs[0]
+            entry.extra["analyze_s"] = time.perf_counter() - t0
+            self._set(entry, stage="building the timeline", done=0, total=0)
+            frames = run.frames
+            timeline = warps = None
+            if frames is not None:
+                if frames.is_gpu or frames.cpu_ops.height:
+                    timeline = build_timeline(frames, rules=self.options.rules())
+                if frames.warp_events.height:
+                    warps = warp_timeline(frames)
+            entry.extra["timeline_s"] = time.perf_counter() - t0 - entry.extra["analyze_s"]
+            self._set(entry, result=run, timeline=timeline, warps=warps, status="ready",
+                      stage="ready", seconds=time.perf_counter() - t0)
+        except TraceError as exc:
+            self._set(entry, status="error", error=exc.reason, stage="failed")
+        except Exception as exc:  # noqa: BLE001 - a bad trace must never stop the server
+            self._set(entry, status="error", stage="failed",
+                      error=f"could not be analyzed ({type(exc).__name__}: {exc})")
+
+    # ------------------------------------------------------------------ uploads
+
+    def save_upload(self, filename: str | None, contents: str | None) -> Path:
+        """Write an uploaded trace (``dcc.Upload`` data URL) to the upload folder.
+
+        Raises UploadError for a missing, oversized, mis-named or undecodable file.
+        """
+        if not filename or not contents:
+            raise UploadError("no file was received")
+        name = Path(str(filename).replace("\\", "/")).name
+        if not name.lower().endswith(UPLOAD_SUFFIXES):
+            raise UploadError(f"{name}: only .json and .json.gz Kineto traces can be uploaded")
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[-120:]
+        _, _, b64 = str(contents).partition(",")
+        if len(b64) * 3 // 4 > self.max_upload_bytes:
+            raise UploadError(
+                f"{name} is larger than the upload limit of "
+                f"{self.max_upload_bytes / (1 << 20):.0f} MB (--max-upload-mb)"
+            )
+        try:
+            data = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise UploadError(f"{name}: the upload could not be decoded") from None
+        if not data:
+            raise UploadError(f"{name} is empty")
+        if name.lower().endswith(".gz") and data[:2] != b"\x1f\x8b":
+            raise UploadError(f"{name} is not gzip-compressed although its name ends in .gz")
+        if not name.lower().endswith(".gz") and data.lstrip()[:1] not in (b"{", b"["):
+            raise UploadError(f"{name} is not JSON (a Kineto trace starts with '{{')")
+        folder = self.upload_dir / uuid.uuid4().hex[:12]
+        folder.mkdir(parents=True)
+        dest = folder / safe
+        dest.write_bytes(data)
+        return dest
+
+    @property
+    def upload_dir(self) -> Path:
+        """A private temporary folder for uploads (removed by :meth:`close`)."""
+        if self._upload_dir is None:
+            self._upload_dir = Path(tempfile.mkdtemp(prefix="overlapscope-uploads-"))
+        return self._upload_dir
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, rid: str | None) -> RunEntry | None:
+        """The entry with id ``rid`` (None when unknown)."""
+        return self.runs.get(str(rid)) if rid is not None else None
+
+    def ready_runs(self) -> list[RunEntry]:
+        """Entries whose report is ready, in opening order."""
+        return [e for e in self.runs.values() if e.ready]
+
+    def pending(self) -> bool:
+        """True while some run is queued or loading."""
+        return any(e.status in ("queued", "loading") for e in self.runs.values())
+
+    def wait(self, timeout: float = 60.0) -> bool:
+        """Block until no run is pending (tests and benchmarks); False on timeout."""
+        end = time.monotonic() + timeout
+        while self.pending():
+            if time.monotonic() > end:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def close(self) -> None:
+        """Stop the loader thread and remove uploaded files."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._upload_dir is not None:
+            shutil.rmtree(self._upload_dir, ignore_errors=True)
+
+
+__all__ = ["DashboardState", "PathError", "RunEntry", "UploadError"]

@@ -1,0 +1,100 @@
+"""The CLI entry point: ``--version`` and Ctrl-C ("interrupted", exit 130, no traceback)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from overlapscope.app import cli
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(cli.app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"overlapscope {cli.package_version()}"
+    assert cli.package_version() != ""
+
+
+def _app_raising_in_a_command() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.command()
+    def boom() -> None:
+        raise KeyboardInterrupt
+
+    @app.command()
+    def other() -> None:
+        pass
+
+    return app
+
+
+def test_ctrl_c_inside_a_command(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(cli, "app", _app_raising_in_a_command())
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["boom"])
+    assert exc.value.code == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "interrupted" and "Traceback" not in err
+
+
+def test_ctrl_c_outside_a_command(monkeypatch, capsys) -> None:
+    def app(**_kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "app", app)
+    with pytest.raises(SystemExit) as exc:
+        cli.main([])
+    assert exc.value.code == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
+
+
+def test_other_exit_codes_pass_through(monkeypatch) -> None:
+    monkeypatch.setattr(cli, "app", _app_raising_in_a_command())
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["other"])
+    assert exc.value.code == 0
+
+
+def _sigint_after(delay_s: float, args: list[str]) -> subprocess.CompletedProcess:
+    """Start the console script's code path, send SIGINT after ``delay_s``, collect output."""
+    code = ("import sys; from overlapscope.app.entry import main; "
+            "sys.argv[0] = 'overlapscope'; main()")
+    env = {**os.environ, "COLUMNS": "100"}
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(delay_s)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+# a sweep that runs for minutes: the signal always lands while it is busy
+LONG = ["tune-dispatch", "--receivers", "1,2,3,4,5,6,7,8", "--forwarders", "1,2,3,4,5,6,7,8",
+        "--channels", "10,20,30", "--progress"]
+
+
+@pytest.mark.parametrize("delay_s", [0.3, 2.0])  # while importing; while the sweep runs
+def test_sigint_prints_one_line_and_exits_130(delay_s: float) -> None:
+    proc = _sigint_after(delay_s, LONG)
+    assert proc.returncode == 130, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "interrupted"
+
+
+@pytest.mark.slow  # spawns gloo ranks
+def test_sigint_during_a_profile_run_stops_the_ranks(tmp_path) -> None:
+    pytest.importorskip("torch")
+    proc = _sigint_after(8.0, ["profile", "--workload", "smoke", "--nodes", "1",
+                               "--gpus-per-node", "2", "--steps", "100000",
+                               "--out", str(tmp_path / "r")])
+    assert proc.returncode == 130, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "interrupted"

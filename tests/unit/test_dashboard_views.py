@@ -1,0 +1,168 @@
+"""Dashboard views without a browser: the app factory, registry-driven tables and
+metrics, figures, the HTML snapshot and the CLI command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from dash import html
+from typer.testing import CliRunner
+
+from overlapscope.analyzers.report import METRICS, TABLES
+from overlapscope.app.cli import app as cli
+from overlapscope.app.dashboard import create_app
+from overlapscope.app.dashboard.components import figures as F
+from overlapscope.app.dashboard.components.format import fmt_bytes, fmt_ns, fmt_value
+from overlapscope.app.dashboard.components.tables import metric_cards, registry_table
+from overlapscope.app.dashboard.export import snapshot_html
+from overlapscope.app.dashboard.pages import PAGES
+from overlapscope.app.dashboard.pages import timeline as timeline_page
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = ROOT / "sample_traces"
+
+
+def _texts(component) -> list[str]:
+    """Every string inside a Dash component tree."""
+    out: list[str] = []
+
+    def walk(c) -> None:
+        if isinstance(c, str):
+            out.append(c)
+        elif isinstance(c, list | tuple):
+            for x in c:
+                walk(x)
+        elif hasattr(c, "children"):
+            walk(c.children)
+
+    walk(component)
+    return out
+
+
+def _find(component, cid: str):
+    if getattr(component, "id", None) == cid:
+        return component
+    kids = getattr(component, "children", None)
+    for k in kids if isinstance(kids, list | tuple) else [kids]:
+        if k is not None and not isinstance(k, str):
+            hit = _find(k, cid)
+            if hit is not None:
+                return hit
+    return None
+
+
+@pytest.fixture(scope="module")
+def app():
+    a = create_app([SAMPLES / "handmade", SAMPLES / "cpu" / "dualpipe",
+                    SAMPLES / "h200" / "warp_events_M4_NS4_NR4.csv.gz"])
+    state = a.overlapscope_state
+    assert state.wait(180)
+    yield a
+    state.close()
+
+
+def _entry(app, label: str):
+    return next(e for e in app.overlapscope_state.runs.values() if e.label == label)
+
+
+def test_formatting() -> None:
+    assert fmt_value(0.5, "fraction") == "50.0 %"
+    assert fmt_value(1.5, "ms") == "1.500 ms"
+    assert fmt_value(None, "ms") == "—"
+    assert fmt_ns(1_500) == "1.500 µs" and fmt_ns(2_000_000_000) == "2.000 s"
+    assert fmt_bytes(1_100_896) == "1.10 MB"
+    assert fmt_value(2.5, "ratio") == "2.50×"
+
+
+def test_factory_registers_one_page_per_view_and_keeps_the_roots(app) -> None:
+    import dash
+
+    paths = {p["path"] for p in dash.page_registry.values()}
+    assert {p.PATH for p in PAGES} <= paths
+    assert [e.status for e in app.overlapscope_state.runs.values()] == ["ready"] * 3
+    # the roots default to the folders of the given paths
+    assert app.overlapscope_state.roots == [SAMPLES.resolve(), (SAMPLES / "cpu").resolve(),
+                                            (SAMPLES / "h200").resolve()]
+
+
+def test_metric_cards_show_the_report_headline(app) -> None:
+    report = _entry(app, "cpu/dualpipe").result.report
+    cards = metric_cards(report)
+    head = report.headline()
+    for m in METRICS.values():
+        card = _find(cards, f"metric-{m.name}")
+        if head[m.name] is None:
+            assert card is None
+        else:
+            assert card.children == fmt_value(head[m.name], m.unit)
+
+
+def test_tables_follow_the_registry_and_say_why_not(app) -> None:
+    report = _entry(app, "cpu/dualpipe").result.report
+    t = registry_table(report, "summary")
+    headers = [th.children for th in t.children[2].children.children[0].children.children]
+    shown = report.tables["summary"].columns
+    assert headers == [c for c in TABLES["summary"].display if c in shown]
+    assert TABLES["summary"].meaning in _texts(t)
+    na = registry_table(report, "warp_roles")
+    assert na.id == "na-warp_roles"
+    assert report.not_applicable["warp_roles"] in " ".join(_texts(na))
+
+
+def test_figures_are_built_from_the_tables(app) -> None:
+    report = _entry(app, "cpu/dualpipe").result.report
+    gantt = F.pipeline_gantt(report)
+    n_ops = sum(len(tr["x"]) for tr in gantt["data"])
+    assert n_ops == report.tables["pipeline_ops"].height
+    ib = F.traffic_heatmap(report, "ib")
+    total = sum(v or 0 for row in ib["data"][0]["z"] for v in row)
+    m = report.tables["traffic_matrix"]
+    assert total == m.filter(pl.col("link") == "ib")["bytes"].sum()
+    ov = F.overlap_by_rank(report)
+    assert sum(ov["data"][1]["x"]) == pytest.approx(
+        report.tables["summary"]["exposed_comm_ns"].sum() / 1e6)
+    warps = _entry(app, "h200/warp_events_M4_NS4_NR4.csv.gz").result.report
+    assert F.warp_role_fractions(warps)["data"]
+    assert F.ring_occupancy(warps)["data"]
+
+
+def test_timeline_render_is_bounded_and_serialisable(app) -> None:
+    e = _entry(app, "cpu/dualpipe")
+    tl = e.timeline
+    fig, n = timeline_page.render(tl, [0, 1, 2], ["annotation", "work", "exposed"],
+                                  tl.t_min, tl.t_max, 300, "rev")
+    assert 0 < n["rects"] <= n["lanes"] * n["pixels"]
+    assert sum(len(tr["x"]) for tr in fig["data"]) == n["rects"]
+    json.dumps(fig)  # plain JSON, sent as is
+    assert timeline_page._x_range({"xaxis.range[0]": 1.0, "xaxis.range[1]": 2.5}) == (1.0, 2.5)
+    assert timeline_page._x_range({"xaxis.autorange": True}) == "full"
+    assert timeline_page._x_range({"autosize": True}) is None
+
+
+def test_html_snapshot_is_self_contained(app) -> None:
+    doc = snapshot_html(_entry(app, "sample_traces/handmade"))
+    assert doc.startswith("<!DOCTYPE html>")
+    assert "plotly.js" in doc or "Plotly" in doc
+    assert '<script src="http' not in doc  # plotly.js is inside, opens offline
+    assert doc.count("class=\"plotly-graph-div\"") >= 3
+
+
+def test_cli_dashboard_help_and_bad_paths() -> None:
+    runner = CliRunner()
+    res = runner.invoke(cli, ["dashboard", "--help"])
+    assert res.exit_code == 0 and "--max-upload-mb" in res.output and "--root" in res.output
+    res = runner.invoke(cli, ["dashboard", "no/such/run"])
+    assert res.exit_code == 2
+
+
+def test_views_render_for_every_sample_run(app) -> None:
+    from overlapscope.app.dashboard.pages import overlap, pipeline, traffic
+
+    state = app.overlapscope_state
+    for e in state.runs.values():
+        for body in (overlap.body(state, e.id, None), pipeline.body(state, e.id),
+                     traffic.body(state, e.id)):
+            assert isinstance(body, html.Div)
