@@ -23,6 +23,7 @@ _SUFFIX_UNITS: tuple[tuple[str, str], ...] = (
     ("_over_theory", "ratio"),
     ("_sms", "SMs"),
     ("num_sms", "SMs"),
+    ("_ppm", "ppm"),
 )
 
 COLUMN_MEANINGS: dict[str, str] = {
@@ -162,6 +163,28 @@ COLUMN_MEANINGS: dict[str, str] = {
     "primary": "the main bottleneck",
     "text": "finding in words",
     "remedy": "what to change",
+    "offset_ns": "rank clock minus the reference rank's clock at the run's time origin",
+    "drift_ppm": "how fast the rank's clock runs ahead of the reference, parts per million",
+    "uncertainty_ns": "1-sigma uncertainty of the rank's clock correction (at least the "
+                      "causality repair's shift)",
+    "anchors_used": "cross-rank anchors (collective participations, two-way send/recv "
+                    "estimates) that involve the rank",
+    "violations_before": "receives ending before their send started, or collective ends "
+                         "before another participant started, on raw times",
+    "violations_after": "the same causality violations on corrected times",
+    "n_collectives": "synchronising collective instances in the row",
+    "mean_lateness_ns": "mean arrival minus the earliest arrival at the collective",
+    "max_lateness_ns": "largest arrival minus the earliest arrival at the collective",
+    "waited_ns": "time the rank waited for the last arrival, summed",
+    "others_waited_ns": "waiting the rank imposed on participants that arrived before it, summed",
+    "times_last": "instances at which the rank arrived last",
+    "cause_phase": "the annotation before the late arrivals whose duration most exceeds the "
+                   "same phase on other ranks",
+    "cause_excess_ns": "that annotation's duration minus the other ranks' median, summed",
+    "step_ns": "the step's span over all ranks",
+    "whatif_step_ns": "step time had the rank arrived with the second-latest rank wherever "
+                      "it was last",
+    "straggler": "the rank whose lateness costs the step the most (at least 2% of it)",
 }
 
 

@@ -41,6 +41,9 @@ class ReportOptions:
     hta_compat: bool = False
     gpus_per_node: int | None = None
     annotation_detail: bool = False
+    #: clock alignment of multi-rank runs: "auto" (correct when anchors show a
+    #: significant skew or causality violations), "on" (whenever anchors exist), "none".
+    align: str = "auto"
 
     def rules(self) -> RuleSet:
         """The rule set these options select (re-read when the files change)."""
@@ -117,6 +120,25 @@ class Inputs:
         from overlapscope.analyzers.pipeline import op_table
 
         return op_table(self.frames, prep=self.prep)
+
+    @cached_property
+    def skew(self) -> Any:
+        """skew.estimate_skew of the raw frames (None for a single rank)."""
+        from overlapscope.analyzers.skew import estimate_skew
+
+        return estimate_skew(self.raw) if self.raw.ranks.height >= 2 else None
+
+    @cached_property
+    def aligned(self) -> TraceFrames:
+        """The raw frames on the corrected time axis (as ``options.align`` asks)."""
+        from overlapscope.analyzers.skew import correct_frames, needs_correction
+
+        res = self.skew
+        if self.options.align == "none" or res is None or not res.has_anchors:
+            return self.raw
+        if self.options.align == "auto" and not needs_correction(res):
+            return self.raw
+        return correct_frames(self.raw, res.model)
 
     def facts(self) -> dict[str, Any]:
         """What the report was computed from: ranks, sizes, window, definitions."""

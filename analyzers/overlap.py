@@ -1,4 +1,4 @@
-"""Compute/communication overlap (BRIEF.md §4, items 1-7).
+"""Compute/communication overlap: busy, hidden and exposed time per GPU, stream, annotation, kernel.
 
 Per (rank, device) — never merging two GPUs of one file — with C = comm work
 items, P = compute work items (compute *kernels*; host compute on CPU-only
@@ -315,7 +315,7 @@ def overlap_by_annotation(
     annotation's host work), n_items, comm_busy_ns, compute_busy_ns (its compute
     kernels / host compute), comm_hidden_ns (the annotation's comm under ANY
     compute of its device), exposed_comm_ns, overlap_ratio, paired_with (the
-    compute annotation whose compute hides most of this one's comm, BRIEF §4.6),
+    compute annotation whose compute hides most of this one's comm),
     paired_overlap_ns. Membership: work_items.annotation_members (host work by
     thread). Sorted by rank, device, cpu_start_ns, ann_id.
     """
@@ -487,7 +487,7 @@ def kernel_coverage(
     rules: RuleSet | None = None,
     prep: Prepared | None = None,
 ) -> pl.DataFrame:
-    """Every comm item with the fraction of it hidden under compute (BRIEF §4.5).
+    """Every comm item with the fraction of it hidden under compute.
 
     Only comm items are listed (comm kernels, comm ops and the copies they issue).
     Columns: rank, device, stream, name, comm_type, start_ns, dur_ns, hidden_ns
@@ -561,7 +561,7 @@ def coverage_by_name(per: pl.DataFrame) -> pl.DataFrame:
 def sm_split(
     frames: TraceFrames, *, rules: RuleSet | None = None, prep: Prepared | None = None
 ) -> pl.DataFrame:
-    """SMs used by comm kernels vs persistent GEMMs, against numSms (BRIEF §4.7).
+    """SMs used by comm kernels vs persistent GEMMs, against numSms.
 
     comm_sms = largest grid (blocks) of a comm kernel; compute_cap_sms = largest
     grid of a GEMM-like kernel that fits on the device (persistent kernels launch

@@ -11,17 +11,17 @@ half's). An op's time is the span of the GPU activity launched inside its annota
 (via correlation ids, ``work.annotation_members``) on GPU traces, and the annotation's
 own CPU interval on CPU-only traces.
 
-BRIEF §4 items computed here, per (step, rank):
+Computed here, per (step, rank):
 
-* 11 bubble: ``bubble_ns`` = |window| - Σ op durations, where the window is the step's
+* bubble: ``bubble_ns`` = |window| - Σ op durations, where the window is the step's
   span over *all* ranks (first op start to last op end), so ranks that start late or
   finish early are charged for it; ``bubble_fraction`` = bubble / |window|; theory from
   the trace-wide mean durations T_F, T_B (full backward; I+W when the trace has none),
   T_W, T_FB: 1f1b (PP-1)(T_F+T_B), zb1p (PP-1)(T_F+T_B-2T_W), dualpipe and dualpipev
   (PP/2-1)(T_FB+T_B-3T_W) with PP = number of distinct stages (2 x devices for V).
-* 13 activation pressure: max over the step of forwards done - input backwards done
+* activation pressure: max over the step of forwards done - input backwards done
   (F +1, B/I -1, an FB pair net 0), against PP (1f1b, zb1p) or PP+1 (dualpipe/v).
-* 15 conformance: first position where the op sequence differs from the expected one
+* conformance: first position where the op sequence differs from the expected one
   (``overlapscope.schedule.sequence`` written by the profiler), null when it conforms.
 """
 
@@ -184,7 +184,7 @@ def mean_durations(ops: pl.DataFrame) -> dict[str, float]:
 
 
 def theory_bubble_ns(schedule: str, pp: int, t: dict[str, float]) -> float | None:
-    """Bubble per device of BRIEF §1.4 from mean durations ``t`` (ns); None if unknown."""
+    """Bubble per device by the schedule's formula from mean durations ``t`` (ns), or None."""
     name = schedule.lower()
     if name == "1f1b":
         return (pp - 1) * (t["F"] + t["B"])
@@ -196,7 +196,7 @@ def theory_bubble_ns(schedule: str, pp: int, t: dict[str, float]) -> float | Non
 
 
 def activation_bound(schedule: str, pp: int) -> int | None:
-    """Peak in-flight forward chunks per device the schedule promises (BRIEF §1.4)."""
+    """Peak in-flight forward chunks per device the schedule promises."""
     name = schedule.lower()
     if name in ("1f1b", "zb1p"):
         return pp

@@ -235,6 +235,26 @@ TABLES: dict[str, TableSpec] = {
             "rank subject value_frac text remedy",
             "rank kind subject",
         ),
+        _t(
+            "skew",
+            "Clock offset and drift per rank against the lowest rank, from cross-rank anchors",
+            "rank offset_ns drift_ppm uncertainty_ns anchors_used violations_before "
+            "violations_after",
+            "rank offset_ns drift_ppm uncertainty_ns anchors_used violations_before "
+            "violations_after",
+            "rank",
+        ),
+        _t(
+            "stragglers",
+            "Per step, rank and collective: arrival lateness, waiting caused, the phase "
+            "that made the rank late, and the step time without that lateness",
+            "step rank collective n_collectives mean_lateness_ns max_lateness_ns waited_ns "
+            "others_waited_ns times_last cause_phase cause_excess_ns step_ns "
+            "whatif_step_ns straggler",
+            "step rank collective straggler max_lateness_ns others_waited_ns cause_phase "
+            "whatif_step_ns step_ns",
+            "step rank collective",
+        ),
     )
 }
 

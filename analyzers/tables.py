@@ -166,6 +166,24 @@ def _warp_table(attr: str) -> Callable[[Inputs], Built]:
     return build
 
 
+def _skew(i: Inputs) -> Built:
+    if i.raw.ranks.height < 2:
+        return "a single rank: there is no clock skew to estimate"
+    res = i.skew
+    if res is None or not res.has_anchors:
+        return ("no cross-rank anchors (synchronising collectives or matched send/recv "
+                "pairs) to estimate clock skew from")
+    return res.table
+
+
+def _stragglers(i: Inputs) -> Built:
+    from overlapscope.analyzers.stragglers import straggler_table
+
+    if i.raw.ranks.height < 2:
+        return "a single rank: nobody to be late against"
+    return straggler_table(i.aligned)
+
+
 #: table name -> builder (the registry in report.py declares the rest).
 BUILDERS: dict[str, Callable[[Inputs], Built]] = {
     "summary": _summary,
@@ -186,4 +204,6 @@ BUILDERS: dict[str, Callable[[Inputs], Built]] = {
     "warp_links": _warp_table("links"),
     "warp_rings": _warp_table("rings"),
     "warp_diagnosis": _warp_table("diagnosis"),
+    "skew": _skew,
+    "stragglers": _stragglers,
 }

@@ -45,13 +45,19 @@ Schemas (all times integer ns from the run's origin):
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
 from overlapscope.analyzers import intervals as iv
+from overlapscope.analyzers.cache import CACHE_SCHEMA_VERSION, cache_dir, content_hash
 from overlapscope.analyzers.classify import RuleSet
 from overlapscope.analyzers.frames import TraceFrames
 from overlapscope.analyzers.work import annotation_members, work_items
@@ -149,6 +155,27 @@ class LaneIndex:
             suffix=suffix,
             table=_sparse_table(durs, blocks),
         )
+
+    _ARRAYS = ("offsets", "starts", "ends", "durs", "maxend", "order", "prefix", "suffix")
+
+    def save(self, path: Path) -> None:
+        """Write the index arrays to ``path`` (one uncompressed .npz)."""
+        arrays = {name: getattr(self, name) for name in self._ARRAYS}
+        arrays.update({f"table{k}": t for k, t in enumerate(self.table)})
+        arrays["n_lanes"] = np.asarray(self.n_lanes, dtype=np.int64)
+        with path.open("wb") as fh:
+            np.savez(fh, **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> LaneIndex:
+        """An index written by :meth:`save`."""
+        with np.load(path, allow_pickle=False) as z:
+            levels = sorted(int(k[5:]) for k in z.files if k.startswith("table"))
+            return cls(
+                n_lanes=int(z["n_lanes"]),
+                **{name: z[name] for name in cls._ARRAYS},
+                table=[z[f"table{k}"] for k in levels],
+            )
 
     @property
     def size(self) -> int:
@@ -283,6 +310,27 @@ class Timeline:
             [pl.col(c).cast(t) for c, t in INTERVALS_SCHEMA.items()]
         )
         return cls(lanes, intervals, LaneIndex.build(intervals, lanes.height), **kw)
+
+    def save(self, folder: Path) -> None:
+        """Write lanes, intervals, work items (parquet) and the index (npz) to ``folder``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self.lanes.write_parquet(folder / "lanes.parquet")
+        self.intervals.write_parquet(folder / "intervals.parquet", compression="lz4")
+        if self.items is not None:
+            self.items.write_parquet(folder / "items.parquet", compression="lz4")
+        self.index.save(folder / "index.npz")
+
+    @classmethod
+    def load(cls, folder: Path, frames: TraceFrames | None = None) -> Timeline:
+        """A timeline written by :meth:`save`; ``frames`` (the run's) for :meth:`describe`."""
+        items_path = folder / "items.parquet"
+        return cls(
+            lanes=pl.read_parquet(folder / "lanes.parquet"),
+            intervals=pl.read_parquet(folder / "intervals.parquet"),
+            index=LaneIndex.load(folder / "index.npz"),
+            items=pl.read_parquet(items_path) if items_path.exists() else None,
+            frames=frames,
+        )
 
     @property
     def t_min(self) -> int:
@@ -491,6 +539,71 @@ def build_timeline(
          for df in (work, anns, exp)]
     )
     return Timeline.from_intervals(lanes, intervals, items=items, frames=frames)
+
+
+# --------------------------------------------------------------------------- cache
+
+#: Bump when the lanes, intervals or index layout change: old entries are then ignored.
+TIMELINE_CACHE_VERSION = 1
+
+
+def timeline_cache_key(files: list[Path], rules: RuleSet | None) -> str:
+    """Key of a run's timeline: the content hashes of its trace files (in run order,
+    memoised by ``cache.content_hash``), the classification rules and the versions of
+    the frame and timeline layouts."""
+    h = hashlib.blake2b(digest_size=20)
+    h.update(f"timeline v{TIMELINE_CACHE_VERSION} frames v{CACHE_SCHEMA_VERSION}\n".encode())
+    for f in files:
+        h.update(content_hash(Path(f)).encode() + b"\n")
+    h.update(repr(rules).encode())
+    return h.hexdigest()
+
+
+def _timeline_entry(key: str) -> Path:
+    return cache_dir() / f"timeline-v{TIMELINE_CACHE_VERSION}" / key
+
+
+def cached_timeline(
+    files: list[Path], frames: TraceFrames, *, rules: RuleSet | None = None,
+    cache: bool = True,
+) -> tuple[Timeline, bool]:
+    """:func:`build_timeline` through a cache under ``$OVERLAPSCOPE_CACHE_DIR``
+    (``timeline-vN/<key>``, key from :func:`timeline_cache_key`).
+
+    Returns (timeline, came from the cache). Building it costs the run's work items
+    plus the index (seconds on a large run); loading costs reading a few parquet
+    files. Entries are written to a temporary folder and renamed into place; an
+    unreadable entry or a disk that refuses is ignored (the timeline is then built).
+    """
+    if not cache:
+        return build_timeline(frames, rules=rules), False
+    try:
+        entry = _timeline_entry(timeline_cache_key(files, rules))
+    except OSError:
+        return build_timeline(frames, rules=rules), False
+    if (entry / "meta.json").exists():
+        try:
+            return Timeline.load(entry, frames), True
+        except (OSError, ValueError, KeyError, pl.exceptions.PolarsError):
+            pass
+    tl = build_timeline(frames, rules=rules)
+    tmp: Path | None = None
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
+        tl.save(tmp)
+        meta = {"files": [str(f) for f in files], "intervals": tl.intervals.height}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        if entry.exists():  # an unreadable entry: replace it
+            shutil.rmtree(entry, ignore_errors=True)
+        tmp.rename(entry)
+        tmp = None
+    except OSError:
+        pass
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return tl, False
 
 
 def warp_timeline(frames: TraceFrames) -> Timeline:

@@ -11,7 +11,8 @@ own ``distributedInfo`` rank. Then, through the dashboard's own state and views:
 - cold: open the run with an empty parquet cache (decode + analyze + timeline index),
   then build the Timeline (first ``--view-ranks`` ranks, full span) and Overlap views
   and serialise them to JSON as Dash sends them;
-- cached: the same with a new dashboard state over the now-filled cache;
+- cached: the same with a new dashboard state over the now-filled caches (decoded
+  frames, the Report cache where there is one, the timeline index);
 - pan/zoom: ``--moves`` random windows (zoom 1x..10^4x, random position): server time
   (``Timeline.view`` + figure + JSON) and bytes per answer, p50/p95, for the default
   rank selection and for all ranks; every answer is checked to hold at most
@@ -149,7 +150,9 @@ def main(argv: list[str] | None = None) -> None:
         view_s, nbytes = views(entry, ranks, args.pixels)
         rows.append((label, load_s, view_s, nbytes))
         print(f"{label}: open {load_s:.2f} s (analyze {entry.extra['analyze_s']:.2f} s, "
-              f"timeline index {entry.extra['timeline_s']:.2f} s) + Timeline&Overlap views "
+              f"timeline index {entry.extra['timeline_s']:.2f} s"
+              f"{', from its cache' if entry.extra.get('timeline_cached') else ''}) "
+              f"+ Timeline&Overlap views "
               f"{view_s:.2f} s ({nbytes / 1e3:.0f} kB) = {load_s + view_s:.2f} s", flush=True)
         if label == "cached":
             tl = entry.timeline

@@ -1,7 +1,7 @@
 """Place per-warp events recorded on the GPU's ``%globaltimer`` onto a Kineto timeline.
 
 The warp events and the Kineto kernel record come from two clocks that differ by
-a constant offset (H200 fixture README §3: the event span, 5430.2 us, matches the
+a constant offset (H200 measurement notes: the event span, 5430.2 us, matches the
 kernel duration, 5432.1 us). The events are therefore shifted, never scaled, so
 that their span sits centred inside the kernel: the kernel's launch-to-first-event
 and last-event-to-exit slack (together kernel_dur - span) is split evenly.

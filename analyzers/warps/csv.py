@@ -1,7 +1,7 @@
 """Read the H200 per-warp CSV fixtures into ``WARP_EVENTS_SCHEMA``.
 
-The fixture kernel (``/work/shared/fixtures/h200/README.md`` §2, copied with
-provenance to ``sample_traces/h200/``) writes one row per work or wait interval:
+The H200 measurement's kernel (copied with provenance to ``sample_traces/h200/``,
+see its PROVENANCE.md) writes one row per work or wait interval:
 ``role, warp, channel, smid, kind, chunk, node, gpu, t0_ns, t1_ns, bytes`` with
 role 0 sender, 1 coordinator, 2 forwarder, 3 receiver and kind 0 work, 1 wait.
 

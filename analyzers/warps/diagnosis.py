@@ -1,6 +1,6 @@
-"""Bottleneck diagnosis in words for a warp-specialized dispatch (BRIEF.md §2.6).
+"""Bottleneck diagnosis in words for a warp-specialized dispatch.
 
-Per rank, one *primary* finding plus the §2.6 rules that fired as evidence:
+Per rank, one *primary* finding plus the evidence rules below that fired:
 
 1. **Link bound** if a link ran at >= ``link_frac`` of its limit while in use *and*
    its bytes at that limit fill >= ``link_span_frac`` of the kernel span: more warps
@@ -78,7 +78,7 @@ def _wait_sum(row: dict, word: str) -> float:
 
 def _rules(rank: int, by_stage: dict[str, dict], links: list[dict], th: Thresholds
            ) -> list[dict]:
-    """The §2.6 evidence rules that fired for one rank."""
+    """The evidence rules that fired for one rank."""
     found: list[dict] = []
 
     def add(rule: str, subject: str, value: float, text: str, remedy: str) -> None:

@@ -3,7 +3,7 @@
 *Publish lag* (sender coordinator): per (channel, chunk), the time from the last
 sender finishing the chunk to the coordinator finishing publishing it: ring
 tails move only when the coordinator gets round to it, so a large lag delays
-every consumer. *Forwarder spread* (BRIEF.md §2.6 "max - min forwarder head"): per
+every consumer. *Forwarder spread* ("max - min forwarder head"): per
 (channel, chunk), the time between the first and the last forwarder finishing
 that chunk; the RDMA head is released only once the slowest forwarder is done.
 

@@ -5,13 +5,12 @@ wait interval of one warp. A *role instance* is one warp of one channel of one
 rank, ``(rank, role, channel, warp)``.
 
 Fractions are taken over the **instance lifetime** (first event start to last
-event end of that warp), the definition of BRIEF.md §4.14, because warps of a
-role that finishes early (senders stop after their last chunk while receivers
-still drain the rings) would otherwise look idle for a reason that has nothing to
-do with their role. ``busy_of_span_frac`` divides the same busy time by
-``n_warps x kernel span`` (span = first to last event of the rank): that one
-ranks roles for the bottleneck, because the bottleneck is the role whose work
-fills the whole kernel.
+event end of that warp), because warps of a role that finishes early (senders
+stop after their last chunk while receivers still drain the rings) would otherwise
+look idle for a reason that has nothing to do with their role.
+``busy_of_span_frac`` divides the same busy time by ``n_warps x kernel span``
+(span = first to last event of the rank): that one ranks roles for the
+bottleneck, because the bottleneck is the role whose work fills the whole kernel.
 
 Time not covered by any event inside a lifetime is ``unrecorded`` (the H200
 fixture drops waits under 200 ns), reported on its own so the busy and wait

@@ -10,7 +10,14 @@ import plotly.io as pio
 
 from overlapscope.analyzers.report import METRICS, TABLES, Report
 from overlapscope.app.dashboard.components import figures as F
-from overlapscope.app.dashboard.components.format import fmt_value, title_of
+from overlapscope.app.dashboard.components.format import (
+    column_header,
+    column_tooltip,
+    fmt_cell,
+    fmt_value,
+    title_of,
+)
+from overlapscope.app.dashboard.components.tables import metric_label
 from overlapscope.app.dashboard.state import RunEntry
 
 #: Pixel columns of the snapshot's (static) timeline.
@@ -33,12 +40,13 @@ def _table(report: Report, name: str) -> str:
         return f'<p class="na">{title_of(name)}: {htmllib.escape(report.status(name))}</p>'
     df = report.tables[name]
     cols = [c for c in spec.display if c in df.columns]
-    head = "".join(f'<th title="{htmllib.escape(spec.describe(c))}">{c}</th>' for c in cols)
+    head = "".join(f'<th title="{htmllib.escape(column_tooltip(c))}">'
+                   f"{htmllib.escape(column_header(c))}</th>" for c in cols)
     rows = []
     for row in df.head(ROWS).select(cols).iter_rows():
         cells = "".join(
             f'<td class="{"num" if isinstance(v, int | float) else ""}">'
-            f"{htmllib.escape(fmt_value(v, spec.unit(c)))}</td>"
+            f"{htmllib.escape(fmt_cell(c, v))}</td>"
             for c, v in zip(cols, row, strict=True))
         rows.append(f"<tr>{cells}</tr>")
     more = f"<p class='meaning'>{df.height - ROWS} more rows</p>" if df.height > ROWS else ""
@@ -80,7 +88,7 @@ def snapshot_html(entry: RunEntry) -> str:
     report = entry.result.report  # type: ignore[union-attr]
     head = report.headline()
     metrics = "".join(
-        f"<tr><th title='{htmllib.escape(m.meaning)}'>{m.name}</th>"
+        f"<tr><th title='{htmllib.escape(m.meaning)}'>{htmllib.escape(metric_label(m.name))}</th>"
         f"<td class='num'>{fmt_value(head.get(m.name), m.unit)}</td>"
         f"<td class='meaning'>{htmllib.escape(m.meaning)}</td></tr>"
         for m in METRICS.values() if head.get(m.name) is not None)

@@ -3,7 +3,10 @@
 One :class:`DashboardState` per app (made by the app factory, never global). Runs
 load on one background thread through the batch API (``analyze(..., keep_frames=
 True, progress=...)``); the page polls :meth:`DashboardState.snapshot` for
-progress. The parquet cache of the batch API makes a reopened run fast.
+progress. The batch API's caches (decoded frames as parquet, and the Report
+cache where there is one) make a reopened run fast; the timeline (lanes, work items
+and range-max index) is cached next to them (``analyzers.timeline.cached_timeline``,
+keyed by the content hashes of the run's files), so a reopened run does not rebuild it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from typing import Any, Literal
 
 from overlapscope.analyzers import Progress, ReportOptions, RunResult, analyze
 from overlapscope.analyzers.errors import TraceError
-from overlapscope.analyzers.timeline import Timeline, build_timeline, warp_timeline
+from overlapscope.analyzers.load import run_files
+from overlapscope.analyzers.timeline import Timeline, cached_timeline, warp_timeline
 from overlapscope.app.dashboard.paths import UPLOAD_SUFFIXES, PathError, resolve_under
 
 Status = Literal["queued", "loading", "ready", "error"]
@@ -154,7 +158,10 @@ class DashboardState:
             timeline = warps = None
             if frames is not None:
                 if frames.is_gpu or frames.cpu_ops.height:
-                    timeline = build_timeline(frames, rules=self.options.rules())
+                    timeline, hit = cached_timeline(
+                        run_files(entry.path), frames, rules=self.options.rules(),
+                        cache=self.cache)
+                    entry.extra["timeline_cached"] = hit
                 if frames.warp_events.height:
                     warps = warp_timeline(frames)
             entry.extra["timeline_s"] = time.perf_counter() - t0 - entry.extra["analyze_s"]

@@ -11,7 +11,9 @@ import pytest
 from dash import html
 from typer.testing import CliRunner
 
+from overlapscope.analyzers.columns import column_meaning
 from overlapscope.analyzers.report import METRICS, TABLES
+from overlapscope.app.render import fmt_fraction, fmt_ms, label
 from overlapscope.app.cli import app as cli
 from overlapscope.app.dashboard import create_app
 from overlapscope.app.dashboard.components import figures as F
@@ -103,10 +105,27 @@ def test_metric_cards_show_the_report_headline(app) -> None:
 def test_tables_follow_the_registry_and_say_why_not(app) -> None:
     report = _entry(app, "cpu/dualpipe").result.report
     t = registry_table(report, "summary")
-    headers = [th.children for th in t.children[2].children.children[0].children.children]
+    ths = t.children[2].children.children[0].children.children
     shown = report.tables["summary"].columns
-    assert headers == [c for c in TABLES["summary"].display if c in shown]
+    cols = [c for c in TABLES["summary"].display if c in shown]
+    # the CLI's headers (words + unit), the column's meaning on hover
+    assert [th.children for th in ths] == [label(c) for c in cols]
+    assert [th.title for th in ths] == [f"{column_meaning(c)} ({c})" if column_meaning(c)
+                                        else c for c in cols]
     assert TABLES["summary"].meaning in _texts(t)
+    # no raw registry name in any header, the cells in the header's unit
+    p = registry_table(report, "pipeline")
+    ths = p.children[2].children.children[0].children.children
+    heads = [th.children for th in ths]
+    assert "bubble ms" in heads and "bubble %" in heads and "theory bubble ms" in heads
+    assert not any(h.endswith(("_ns", "_fraction", "_bytes")) for h in heads)
+    row = report.tables["pipeline"].row(0, named=True)
+    first = [td.children for td in p.children[2].children.children[1].children[0].children]
+    assert first[heads.index("bubble ms")] == fmt_ms(row["bubble_ns"])
+    assert first[heads.index("bubble %")] == fmt_fraction(row["bubble_fraction"])
+    traffic = registry_table(report, "traffic")
+    heads = [th.children for th in traffic.children[2].children.children[0].children.children]
+    assert "IB bytes" in heads and "IB %" in heads
     na = registry_table(report, "warp_roles")
     assert na.id == "na-warp_roles"
     assert report.not_applicable["warp_roles"] in " ".join(_texts(na))
@@ -121,6 +140,17 @@ def test_figures_are_built_from_the_tables(app) -> None:
     total = sum(v or 0 for row in ib["data"][0]["z"] for v in row)
     m = report.tables["traffic_matrix"]
     assert total == m.filter(pl.col("link") == "ib")["bytes"].sum()
+    # the colour scale starts at 0 and its ticks are bytes in words, even when every
+    # cell holds the same number of bytes (NVLink on this run: 32,768 each)
+    nvl = F.traffic_heatmap(report, "nvl")["data"][0]
+    values = {v for row in nvl["z"] for v in row if v is not None}
+    assert len(values) == 1
+    assert nvl["zmin"] == 0 and nvl["zmax"] == max(values) and nvl["zauto"] is False
+    bar = nvl["colorbar"]
+    assert bar["tickvals"][0] == 0 and bar["tickvals"][-1] == max(values)
+    assert bar["ticktext"][0] == "0 B" and bar["ticktext"][-1] == "32.8 kB"
+    assert all(t.endswith(("B", "kB", "MB", "GB", "TB")) for t in bar["ticktext"])
+    assert F.byte_ticks(139_000) == [0, 50_000, 100_000, 139_000]
     ov = F.overlap_by_rank(report)
     assert sum(ov["data"][1]["x"]) == pytest.approx(
         report.tables["summary"]["exposed_comm_ns"].sum() / 1e6)
@@ -166,3 +196,17 @@ def test_views_render_for_every_sample_run(app) -> None:
         for body in (overlap.body(state, e.id, None), pipeline.body(state, e.id),
                      traffic.body(state, e.id)):
             assert isinstance(body, html.Div)
+
+
+def test_a_reopened_run_takes_its_timeline_from_the_cache(tmp_path, monkeypatch) -> None:
+    from overlapscope.app.dashboard.state import DashboardState
+
+    monkeypatch.setenv("OVERLAPSCOPE_CACHE_DIR", str(tmp_path))
+    seen = []
+    for _ in range(2):
+        state = DashboardState([SAMPLES])
+        entry = state.open(SAMPLES / "handmade")
+        assert state.wait(120) and entry.ready, entry.error
+        seen.append((entry.extra["timeline_cached"], entry.timeline.intervals.height))
+        state.close()
+    assert seen[0][0] is False and seen[1][0] is True and seen[0][1] == seen[1][1]

@@ -214,3 +214,92 @@ def test_cpu_run_has_thread_lanes_and_warp_timeline_has_warp_lanes() -> None:
     v = wt.view(wt.t_min, wt.t_max, 100)
     assert set(v["kind"]) <= {"busy", "wait_tail", "wait_remote_head"}
     assert v.height <= wt.lanes.height * 100
+
+
+def _bar_extents(trace: dict, bargap: float) -> list[tuple[float, float]]:
+    """Each bar's [y0, y1] as plotly draws it: ``width`` when the trace sets one, else
+    (1 - bargap) x the smallest gap between the positions of this trace (overlay mode)."""
+    ys = [float(y) for y in trace["y"]]
+    width = trace.get("width")
+    if width is None:
+        distinct = sorted(set(ys))
+        gaps = [b - a for a, b in zip(distinct, distinct[1:], strict=False)]
+        width = (min(gaps) if gaps else 1.0) * (1 - bargap)
+    widths = width if isinstance(width, list) else [width] * len(ys)
+    return [(y - w / 2, y + w / 2) for y, w in zip(ys, widths, strict=True)]
+
+
+@pytest.mark.parametrize("run", ["cpu/dualpipe", "handmade"])
+def test_timeline_figure_draws_each_rectangle_inside_its_own_lane(run: str) -> None:
+    from overlapscope.app.dashboard.components.figures import timeline_figure
+
+    frames = analyze([SAMPLES / run], keep_frames=True, workers=1).runs[0].frames
+    tl = build_timeline(frames)
+    lanes = tl.lanes  # every lane of every rank, display order
+    t0, t1 = tl.t_min, tl.t_max
+    rects = tl.view(t0, t1, 400, lanes["lane"].to_list())
+    fig = timeline_figure(tl, rects, lanes, t0, t1, 400)
+    layout = fig["layout"]
+    assert layout["barmode"] == "overlay"
+    labels = lanes["label"].to_list()
+    assert layout["yaxis"]["ticktext"] == labels
+    assert layout["yaxis"]["tickvals"] == list(range(len(labels)))
+    pos_of = {lane: i for i, lane in enumerate(lanes["lane"].to_list())}
+    lane_of_row = tl.intervals["lane"].to_list()
+    group_at = lanes["group"].to_list()
+    seen_exposed = 0
+    for trace in fig["data"]:
+        assert trace["type"] == "bar" and trace["orientation"] == "h"
+        extents = _bar_extents(trace, layout.get("bargap", 0.2))
+        for (y0, y1), y, custom in zip(extents, trace["y"], trace["customdata"], strict=True):
+            pos = pos_of[lane_of_row[custom[0]]]
+            assert y == pos, (trace["name"], labels[pos])
+            assert pos - 0.5 <= y0 < y1 <= pos + 0.5, (trace["name"], labels[pos], y0, y1)
+            if trace["name"] == "exposed":
+                assert group_at[pos] == "exposed" and labels[pos].endswith("exposed comm")
+                seen_exposed += 1
+    assert seen_exposed > 0
+
+
+def test_timeline_cache_returns_the_same_timeline_and_is_keyed_by_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from overlapscope.analyzers.classify import load_rules
+    from overlapscope.analyzers.load import run_files
+    from overlapscope.analyzers.timeline import cached_timeline, timeline_cache_key
+
+    monkeypatch.setenv("OVERLAPSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    shutil.copytree(SAMPLES / "handmade", run)
+    files = run_files(run)
+    frames = analyze([run], keep_frames=True, workers=1).runs[0].frames
+    built, hit = cached_timeline(files, frames)
+    assert not hit
+    again, hit = cached_timeline(files, frames)
+    assert hit
+    assert again.lanes.equals(built.lanes) and again.intervals.equals(built.intervals)
+    assert again.items is not None and again.items.equals(built.items)
+    for name in LaneIndex._ARRAYS:
+        assert np.array_equal(getattr(again.index, name), getattr(built.index, name)), name
+    assert len(again.index.table) == len(built.index.table)
+    assert again.view(again.t_min, again.t_max, 300).equals(
+        built.view(built.t_min, built.t_max, 300))
+    row = int(built.view(built.t_min, built.t_max, 300).filter(
+        pl.col("kind") == "comm")["row"][0])
+    assert again.describe(row) == built.describe(row)
+    # other rules or other file contents: another entry
+    key = timeline_cache_key(files, None)
+    assert timeline_cache_key(files, load_rules(None)) != key
+    data = files[0].read_bytes()
+    files[0].write_bytes(data + b"\n")
+    assert timeline_cache_key(files, None) != key
+    # a damaged entry is rebuilt, not trusted
+    files[0].write_bytes(data)
+    entry = next((tmp_path / "cache").glob("timeline-v*/*"))
+    (entry / "index.npz").write_bytes(b"not an npz")
+    rebuilt, hit = cached_timeline(files, frames)
+    assert not hit and rebuilt.intervals.equals(built.intervals)
+    assert cached_timeline(files, frames)[1]
+    assert not cached_timeline(files, frames, cache=False)[1]

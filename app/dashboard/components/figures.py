@@ -6,12 +6,14 @@ and only arranges it for display; no metric is computed here.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import polars as pl
 
 from overlapscope.analyzers.report import TABLES, Report
 from overlapscope.analyzers.timeline import Timeline
+from overlapscope.app import render
 from overlapscope.app.dashboard.components.format import fmt_bytes, title_of
 
 #: Colours of interval kinds, pipeline ops, warp states and link classes.
@@ -30,8 +32,18 @@ KIND_COLORS = {
 }
 OP_COLORS = {"F": "#4C78A8", "B": "#54A24B", "I": "#72B7B2", "W": "#F58518", "FB": "#B279A2"}
 LINK_COLORS = {"ib": "#E45756", "nvl": "#4C78A8", "local": "#BAB0AC", "unknown": "#9D755D"}
+#: Heatmap colour scales, light (0 bytes) to dark (the most bytes).
+HEAT_SCALES = {
+    "ib": [[0.0, "#fdecea"], [0.5, "#ef8a7e"], [1.0, "#a50f15"]],
+    "nvl": [[0.0, "#eaf1fb"], [0.5, "#7fa8d8"], [1.0, "#1f4e8c"]],
+}
 FONT = {"family": "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", "size": 12}
 LANE_PX = 22
+#: Height of a timeline bar in lane units (lane ``i`` spans ``[i - 0.5, i + 0.5]``).
+#: Set on every bar trace: without it plotly sizes a trace's bars by the smallest
+#: gap between the lanes *that trace* occupies, so a trace present in one lane of
+#: each rank (the exposed-comm lanes, 6 lanes apart) drew bars 6 lanes tall.
+BAR_HEIGHT = 0.7
 #: Above this many rectangles the hover text leaves kernel names out (they can be
 #: long templates and would dominate the bytes of a pan/zoom answer); a click
 #: still shows everything about the bar.
@@ -114,6 +126,7 @@ def timeline_figure(
                 "orientation": "h",
                 "name": k,
                 "y": [pos_of[int(x)] for x in part["lane"].to_list()],
+                "width": BAR_HEIGHT,
                 # ms with ns resolution: 6 decimals keep every digit that matters
                 "base": (part["_x0"] / 1e6).round(6).to_list(),
                 "x": (part["_w"] / 1e6).round(6).to_list(),
@@ -135,7 +148,6 @@ def timeline_figure(
         "layout": _layout(
             title={"text": title, "x": 0, "font": {"size": 14}} if title else None,
             barmode="overlay",
-            bargap=0.25,
             height=height,
             margin={"l": 230, "r": 20, "t": 80 if title else 50, "b": 50},
             legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 0},
@@ -273,6 +285,22 @@ def bubble_vs_theory(report: Report) -> dict[str, Any]:
 # ------------------------------------------------------------------ traffic
 
 
+def byte_ticks(vmax: float, n: int = 4) -> list[float]:
+    """Colour-bar ticks from 0 to ``vmax`` at round byte values (1, 2, 2.5 or 5 x 10^k)
+    ending at ``vmax`` itself (so the bar says how many bytes the darkest cell holds)."""
+    if vmax <= 0:
+        return [0.0]
+    raw = vmax / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = max(1.0, next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw))
+    ticks = [i * step for i in range(int(vmax // step) + 1)]
+    if vmax - ticks[-1] > 0.35 * step:
+        ticks.append(float(vmax))
+    elif len(ticks) > 1:  # too close to label both: the maximum replaces the round tick
+        ticks[-1] = float(vmax)
+    return [float(t) for t in ticks]
+
+
 def traffic_heatmap(report: Report, link: str) -> dict[str, Any]:
     """Rank x rank bytes of one link class (``ib`` or ``nvl``) from traffic_matrix."""
     m = report.tables["traffic_matrix"].drop_nulls(["src_rank", "dst_rank"])
@@ -286,11 +314,18 @@ def traffic_heatmap(report: Report, link: str) -> dict[str, Any]:
         z[pos[s]][pos[d]] = (z[pos[s]][pos[d]] or 0) + b
     text = [[fmt_bytes(v) if v else "" for v in row] for row in z]
     labels = [str(r) for r in ranks]
+    vmax = max((v for row in z for v in row if v is not None), default=0) or 1
+    ticks = byte_ticks(vmax)
     return {"data": [{
         "type": "heatmap", "z": z, "x": labels, "y": labels, "text": text,
-        "colorscale": "Reds" if link == "ib" else "Blues", "hoverongaps": False,
+        # light for few bytes, dark for many (plotly's named "Blues" runs the other way)
+        "colorscale": HEAT_SCALES.get(link, HEAT_SCALES["nvl"]), "hoverongaps": False,
         "hovertemplate": "rank %{y} → rank %{x}<br>%{text}<extra></extra>",
-        "zmin": 0, "colorbar": {"title": {"text": "bytes"}, "tickformat": "~s"},
+        # zmin and zmax both set, else plotly autoscales to the data (all-equal
+        # bytes then read 32.7676k–32.7684k)
+        "zauto": False, "zmin": 0, "zmax": vmax,
+        "colorbar": {"title": {"text": "bytes"}, "tickmode": "array",
+                     "tickvals": ticks, "ticktext": [render.fmt_bytes(t) for t in ticks]},
     }], "layout": _layout(
         title={"text": f"{name}: bytes sent, source → destination", "x": 0,
                "font": {"size": 14}},

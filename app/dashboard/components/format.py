@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from overlapscope.analyzers.columns import column_meaning
+from overlapscope.app import render
+
 
 def fmt_ns(ns: float | int | None) -> str:
     """A duration in ns as s / ms / µs / ns with 3 significant decimals."""
@@ -67,3 +70,23 @@ def fmt_value(value: Any, unit: str = "") -> str:
 def title_of(table: str) -> str:
     """A table's registry name as a heading ("traffic_by_phase" -> "Traffic by phase")."""
     return table.replace("_", " ").capitalize()
+
+
+def column_header(col: str) -> str:
+    """A table column's header, the CLI's: words plus unit ('bubble ms', 'bubble %',
+    'IB bytes'), from :func:`overlapscope.app.render.label`."""
+    return render.label(col)
+
+
+def column_tooltip(col: str) -> str:
+    """Hover text of a column header: its meaning from the column glossary, then
+    the registry name (what ``--tables`` CSV and the Python API call it)."""
+    meaning = column_meaning(col)
+    return f"{meaning} ({col})" if meaning else col
+
+
+def fmt_cell(col: str, value: Any) -> str:
+    """A table cell in the unit its header names (ns columns in ms, fractions in %,
+    bytes with a unit), as the CLI prints it (:func:`overlapscope.app.render.cell`)."""
+    return render.cell(col, value)
+

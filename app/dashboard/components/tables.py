@@ -13,7 +13,14 @@ import polars as pl
 from dash import html
 
 from overlapscope.analyzers.report import METRICS, TABLES, Report
-from overlapscope.app.dashboard.components.format import fmt_value, title_of
+from overlapscope.app import render
+from overlapscope.app.dashboard.components.format import (
+    column_header,
+    column_tooltip,
+    fmt_cell,
+    fmt_value,
+    title_of,
+)
 
 #: Rows shown before a table says how many more there are.
 MAX_ROWS = 60
@@ -75,13 +82,14 @@ def registry_table(
     if sort and sort in df.columns:
         df = df.sort(sort, descending=descending, nulls_last=True)
     head = [
-        html.Th(c, title=f"{spec.describe(c)}" + (f" [{spec.unit(c)}]" if spec.unit(c) else ""))
+        html.Th(column_header(c), title=column_tooltip(c),
+                className="num" if spec.unit(c) else None)
         for c in cols
     ]
     body = []
     for row in df.head(max_rows).select(cols).iter_rows():
         body.append(html.Tr([
-            html.Td(fmt_value(v, spec.unit(c)), className="num" if _numeric(v) else None)
+            html.Td(fmt_cell(c, v), className="num" if _numeric(v) else None)
             for c, v in zip(cols, row, strict=True)
         ]))
     parts: list[Any] = []
@@ -105,8 +113,9 @@ def _numeric(v: Any) -> bool:
 
 
 def metric_label(name: str) -> str:
-    """A metric's display name: its registry name without the unit suffix."""
-    return name.removesuffix("_ms").replace("_", " ")
+    """A metric's display name, with the CLI's header scheme (``render.label``):
+    'bubble %', 'IB bytes', 'hidden %'; a metric already in ms keeps its 'ms'."""
+    return render.label(name)
 
 
 def metric_cards(
