@@ -396,8 +396,10 @@ class Report:
     def _ranks(self) -> list[int]:
         return [int(r) for r in self.facts.get("rank_ids", [])]
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: facts, notes, headline metrics, each table's status and rows."""
+    def to_dict(self, tables: list[str] | None = None) -> dict[str, Any]:
+        """JSON-ready: facts, notes, headline metrics, table statuses, and the rows of
+        ``tables`` (default: every built table)."""
+        keep = [k for k in TABLES if k in self.tables and (tables is None or k in tables)]
         return {
             "source": self.source,
             "facts": self.facts,
@@ -405,7 +407,7 @@ class Report:
             "metrics": self.headline(),
             "not_applicable": dict(sorted(self.not_applicable.items())),
             "failures": dict(sorted(self.failures.items())),
-            "tables": {k: self.tables[k].to_dicts() for k in TABLES if k in self.tables},
+            "tables": {k: self.tables[k].to_dicts() for k in keep},
         }
 
 

@@ -468,7 +468,7 @@ def estimate_skew(
     drift: DriftMode = "auto",
     groups: dict[str, list[int]] | None = None,
     repair: bool = True,
-    iterations: int = 10,
+    iterations: int = 60,
 ) -> SkewResult:
     """Estimate every rank's clock offset/drift against the lowest rank.
 
@@ -540,7 +540,7 @@ def estimate_skew(
     cov = np.zeros((params.n, params.n))
     if params.n:
         c_rows = params.row(c_rank, c_x) if len(c_y) else np.zeros((0, params.n))
-        for _ in range(iterations):
+        for it in range(iterations):
             n_mat = np.zeros((params.n, params.n))
             rhs = np.zeros(params.n)
             if len(c_y):
@@ -558,7 +558,9 @@ def estimate_skew(
                 rhs += (e_rows * w[:, None]).T @ e_y
             ridge = 1e-12 * (np.trace(n_mat) / max(params.n, 1) + 1.0)
             cov = np.linalg.pinv(n_mat + ridge * np.eye(params.n))
-            theta = cov @ rhs
+            prev, theta = theta, cov @ rhs
+            if it > 0 and np.max(np.abs(theta - prev)) < 0.05:
+                break
             # residuals and robust weights
             if len(c_y):
                 v = c_y - c_rows @ theta

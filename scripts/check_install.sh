@@ -85,6 +85,25 @@ case "$what" in
       --no-progress --out "$WORK/tune.html"
     test -s "$WORK/tune.html"
     expect_exit 2 "overlapscope[profiling]" "$V/overlapscope" profile --out "$WORK/never"
+    # The dashboard serves its pages and packaged assets from a regular install.
+    "$V/overlapscope" dashboard sample_traces/handmade --port 8765 >"$WORK/dash.log" 2>&1 &
+    dash_pid=$!
+    logged dashboard "$V/python" - <<'PY'
+import time, urllib.request
+for _ in range(120):
+    try:
+        page = urllib.request.urlopen("http://127.0.0.1:8765/", timeout=2).read().decode()
+        css = urllib.request.urlopen("http://127.0.0.1:8765/assets/style.css", timeout=2)
+        assert "overlapscope" in page and css.status == 200
+        print("dashboard served the page and its stylesheet")
+        break
+    except OSError:
+        time.sleep(0.5)
+else:
+    raise SystemExit("dashboard did not answer on 127.0.0.1:8765")
+PY
+    kill "$dash_pid" 2>/dev/null || true
+    wait "$dash_pid" 2>/dev/null || true
     ;;
   profiling)
     clone_like "$WORK/src"

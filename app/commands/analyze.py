@@ -56,10 +56,11 @@ def parse_tables(spec: str) -> list[str]:
     return wanted
 
 
-def json_document(reports: list[Report], errors: list) -> str:
-    """The JSON output: every report (facts, metrics, table statuses, rows) and errors."""
+def json_document(reports: list[Report], errors: list, tables: list[str] | None = None) -> str:
+    """The JSON output: every report (facts, metrics, table statuses, the rows of
+    ``tables``) and the inputs that could not be analyzed."""
     doc = {
-        "reports": [r.to_dict() for r in reports],
+        "reports": [r.to_dict(tables) for r in reports],
         "errors": [{"path": e.path, "reason": e.reason} for e in errors],
     }
     return msgspec.json.format(msgspec.json.encode(doc), indent=2).decode() + "\n"
@@ -201,7 +202,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(EXIT_BAD_INPUT) from None
         reports = result.reports
         if fmt == Format.json:
-            sys.stdout.write(json_document(reports, result.errors))
+            sys.stdout.write(json_document(reports, result.errors, wanted))
         elif fmt == Format.csv:
             render.csv(reports, wanted)
         elif fmt == Format.markdown:

@@ -143,6 +143,18 @@ def timeline_figure(
                                           f"<extra>{k}</extra>")
             data.append(trace)
     height = max(220, LANE_PX * len(labels) + 110)
+    # every other rank (or channel) on a light band, so a rank's lanes read as one block
+    shapes = []
+    if "rank" in lanes.columns and lanes["rank"].n_unique() > 1:
+        owner = lanes["rank"].to_list()
+        starts = [i for i in range(len(owner)) if i == 0 or owner[i] != owner[i - 1]]
+        for n, a in enumerate(starts):
+            b = starts[n + 1] if n + 1 < len(starts) else len(owner)
+            if n % 2:
+                shapes.append({"type": "rect", "xref": "paper", "x0": 0, "x1": 1,
+                               "yref": "y", "y0": a - 0.5, "y1": b - 0.5,
+                               "fillcolor": "#f3f5f8", "line": {"width": 0},
+                               "layer": "below"})
     return {
         "data": data,
         "layout": _layout(
@@ -153,6 +165,7 @@ def timeline_figure(
             legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 0},
             uirevision=revision,
             dragmode="zoom",
+            shapes=shapes,
             xaxis={"title": {"text": "time (ms from the run's first event)"},
                    "range": [t0_ns / 1e6, t1_ns / 1e6], "showgrid": True,
                    "gridcolor": "#eeeeee", "zeroline": False},
@@ -345,16 +358,22 @@ def traffic_by_phase(report: Report, rank: int | None = None) -> dict[str, Any]:
          .sort("phase"))
     x = g["phase"].to_list()
     spec = TABLES["traffic_by_phase"]
+    cols = ("ib_bytes", "nvl_bytes", "local_bytes")
     data = [
-        {"type": "bar", "name": col.removesuffix("_bytes"), "x": x, "y": g[col].to_list(),
+        {"type": "bar", "name": render.label(col), "x": x, "y": g[col].to_list(),
+         "text": [render.fmt_bytes(v) for v in g[col].to_list()], "textposition": "none",
          "marker": {"color": LINK_COLORS[col.removesuffix("_bytes")]},
-         "hovertemplate": "%{y:,} bytes<extra>" + spec.describe(col) + "</extra>"}
-        for col in ("ib_bytes", "nvl_bytes", "local_bytes")
+         "hovertemplate": "%{text} (%{y:,} bytes)<extra>" + spec.describe(col) + "</extra>"}
+        for col in cols
     ]
+    top = max((sum(r) for r in g.select(cols).iter_rows()), default=0)
+    ticks = byte_ticks(top)
     return {"data": data, "layout": _layout(
         barmode="stack", height=340,
         title={"text": "Bytes per phase and link class", "x": 0, "font": {"size": 14}},
-        yaxis={"title": {"text": "bytes"}}, margin={"l": 70, "r": 20, "t": 70, "b": 60})}
+        yaxis={"title": {"text": "bytes sent"}, "tickmode": "array", "tickvals": ticks,
+               "ticktext": [render.fmt_bytes(t) for t in ticks], "gridcolor": "#eeeeee"},
+        margin={"l": 70, "r": 20, "t": 70, "b": 60})}
 
 
 # ------------------------------------------------------------------ warps

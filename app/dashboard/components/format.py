@@ -90,3 +90,17 @@ def fmt_cell(col: str, value: Any) -> str:
     bytes with a unit), as the CLI prints it (:func:`overlapscope.app.render.cell`)."""
     return render.cell(col, value)
 
+
+
+def fmt_metric_cell(value: Any, unit: str) -> str:
+    """A metric in a table whose header already names the unit ('bubble ms',
+    'bubble %', 'IB bytes'): the number alone, as the CLI prints it."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if unit == "ms":
+        return render.fmt_ms(float(value) * 1e6)
+    if unit == "fraction":
+        return render.fmt_fraction(float(value))
+    if unit == "bytes":
+        return render.fmt_bytes(float(value))
+    return fmt_value(value, unit)

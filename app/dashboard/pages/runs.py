@@ -10,7 +10,7 @@ from dash.exceptions import PreventUpdate
 
 from overlapscope.analyzers.report import METRICS
 from overlapscope.app.dashboard.components.common import section, selected
-from overlapscope.app.dashboard.components.format import fmt_value
+from overlapscope.app.dashboard.components.format import fmt_metric_cell
 from overlapscope.app.dashboard.components.tables import message, metric_cards, metric_label
 from overlapscope.app.dashboard.paths import PathError, candidates
 from overlapscope.app.dashboard.state import DashboardState, RunEntry, UploadError
@@ -120,10 +120,11 @@ def _per_rank(entry: RunEntry) -> html.Div:
     cols = [m for m in METRICS if m in df.columns and df[m].null_count() < df.height]
     if not cols or df.height < 2:
         return html.Div()
-    head = html.Tr([html.Th("rank")] + [html.Th(metric_label(c), title=METRICS[c].meaning)
+    head = html.Tr([html.Th("rank")] + [html.Th(metric_label(c), title=f"{METRICS[c].meaning} ({c})",
+                                                className="num")
                                         for c in cols])
     body = [html.Tr([html.Td(str(r["rank"]))] + [
-        html.Td(fmt_value(r[c], METRICS[c].unit), className="num") for c in cols])
+        html.Td(fmt_metric_cell(r[c], METRICS[c].unit), className="num") for c in cols])
         for r in df.iter_rows(named=True)]
     return section("Per rank", html.Div(html.Table([html.Thead(head), html.Tbody(body)],
                                                    className="data"), className="table-wrap"))
