@@ -196,10 +196,10 @@ TABLES: dict[str, TableSpec] = {
         ),
         _t(
             "traffic_matrix",
-            "Bytes per (source rank, destination rank) and link class",
-            "src_rank dst_rank link bytes",
-            "src_rank dst_rank link bytes",
-            "src_rank dst_rank link",
+            "Bytes per (source rank, destination rank), link class and phase",
+            "src_rank dst_rank link phase bytes",
+            "src_rank dst_rank link phase bytes",
+            "src_rank dst_rank link phase",
         ),
         _t(
             "warp_roles",

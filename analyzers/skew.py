@@ -462,6 +462,131 @@ def _components(ranks: list[int], links: list[tuple[int, int]]) -> dict[int, int
     return {r: find(r) for r in ranks}
 
 
+def _fit(
+    coin: pl.DataFrame, edges: pl.DataFrame, group: list[int], ref: int, fit_drift: bool,
+    t_mid: float, iterations: int,
+) -> tuple[dict[int, float], dict[int, float], dict[int, float], dict[int, int]]:
+    """Robust weighted least squares over one connected group of ranks.
+
+    Returns offset_ns at t = 0, drift_ppm, 1-sigma of the correction at ``t_mid``
+    and anchors used, per rank of the group (``ref`` fixed at zero).
+    """
+    params = _Params(group, ref, fit_drift)
+    cc = coin.filter(pl.col("rank").is_in(group))
+    c_rank = cc["rank"].to_numpy()
+    c_y = cc["end_ns"].to_numpy().astype(np.float64)
+    c_x = (c_y - t_mid) / 1e9
+    inst_id = (cc.select(pl.struct("key", "instance").rank("dense") - 1)
+               .to_series().to_numpy().astype(np.int64)) if cc.height else np.zeros(0, np.int64)
+    n_inst = int(inst_id.max()) + 1 if inst_id.size else 0
+    ee = edges.filter(pl.col("a").is_in(group) & pl.col("b").is_in(group))
+    e_a, e_b = ee["a"].to_numpy(), ee["b"].to_numpy()
+    e_x = (ee["x_ns"].to_numpy() - t_mid) / 1e9
+    e_y = ee["delta_ns"].to_numpy()
+    e_sig = np.maximum(ee["half_ns"].to_numpy(), _MIN_SIGMA_NS)
+    e_rows = params.row(e_b, e_x) + params.row(e_a, e_x, -1.0) if ee.height else np.zeros(
+        (0, params.n))
+    theta = np.zeros(params.n)
+    c_w = np.ones(len(c_y))
+    e_w = np.ones(len(e_y))
+    sigma_c = 1000.0
+    cov = np.zeros((params.n, params.n))
+    if params.n:
+        c_rows = params.row(c_rank, c_x) if len(c_y) else np.zeros((0, params.n))
+        for it in range(iterations):
+            n_mat = np.zeros((params.n, params.n))
+            rhs = np.zeros(params.n)
+            if len(c_y):
+                w = c_w / sigma_c**2
+                wsum = np.bincount(inst_id, weights=w, minlength=n_inst)
+                g = np.zeros((n_inst, params.n))
+                np.add.at(g, inst_id, c_rows * w[:, None])
+                wy = np.bincount(inst_id, weights=w * c_y, minlength=n_inst)
+                inv = np.where(wsum > 0, 1.0 / np.maximum(wsum, 1e-300), 0.0)
+                n_mat += (c_rows * w[:, None]).T @ c_rows - (g * inv[:, None]).T @ g
+                rhs += (c_rows * w[:, None]).T @ c_y - (g * inv[:, None]).T @ wy
+            if len(e_y):
+                w = e_w / e_sig**2
+                n_mat += (e_rows * w[:, None]).T @ e_rows
+                rhs += (e_rows * w[:, None]).T @ e_y
+            ridge = 1e-9 * float(np.mean(np.abs(np.diag(n_mat)))) + 1e-300
+            cov = np.linalg.pinv(n_mat + ridge * np.eye(params.n))
+            prev, theta = theta, cov @ rhs
+            if it > 0 and np.max(np.abs(theta - prev)) < 0.05:
+                break
+            if len(c_y):
+                v = c_y - c_rows @ theta
+                t_i = np.bincount(inst_id, weights=c_w * v, minlength=n_inst) / np.maximum(
+                    np.bincount(inst_id, weights=c_w, minlength=n_inst), 1e-300)
+                res = v - t_i[inst_id]
+                mad = float(np.median(np.abs(res))) * 1.4826 if res.size else 0.0
+                sigma_c = max(mad, _MIN_SIGMA_NS)
+                c_w = _huber(res / sigma_c)
+            if len(e_y):
+                e_w = _huber((e_y - e_rows @ theta) / e_sig)
+    off: dict[int, float] = {ref: 0.0}
+    dr: dict[int, float] = {ref: 0.0}
+    sd: dict[int, float] = {ref: 0.0}
+    for r in group:
+        if r == ref:
+            continue
+        o = theta[params.col_o[r]]
+        d = theta[params.col_d[r]] if fit_drift else 0.0
+        off[r] = o - d * t_mid / 1e9
+        dr[r] = d / 1e3
+        sd[r] = float(np.sqrt(max(cov[params.col_o[r], params.col_o[r]], 0.0)))
+    used: dict[int, int] = defaultdict(int)
+    for r, n in zip(*np.unique(c_rank, return_counts=True), strict=True):
+        used[int(r)] += int(n)
+    for a, b in zip(e_a.tolist(), e_b.tolist(), strict=True):
+        used[a] += 1
+        used[b] += 1
+    return off, dr, sd, dict(used)
+
+
+def _place(coll: pl.DataFrame, pairs: pl.DataFrame, model: ClockModel, placed: list[int],
+           group: list[int]) -> tuple[float, float | None] | None:
+    """Shift (ns) of a group's clocks against the placed ranks from ordering bounds only.
+
+    Collective instances shared by both sides and one-way messages between them
+    bound the shift to [L, U]; returns (midpoint, half-width), or the smallest
+    shift satisfying a one-sided bound (half-width None), or None without bounds.
+    """
+    lo, hi = -np.inf, np.inf
+    cs, ce, ss, re = _corrected_anchor_times(coll, pairs, model)
+    if coll.height:
+        df = coll.select("key", "instance", "rank").with_columns(
+            pl.Series("cs", cs), pl.Series("ce", ce),
+            pl.col("rank").is_in(group).alias("g"), pl.col("rank").is_in(placed).alias("p"))
+        agg = df.group_by("key", "instance").agg(
+            pl.col("ce").filter("g").min().alias("g_end"),
+            pl.col("cs").filter("g").max().alias("g_start"),
+            pl.col("ce").filter("p").min().alias("p_end"),
+            pl.col("cs").filter("p").max().alias("p_start"),
+        ).drop_nulls()
+        if agg.height:
+            hi = min(hi, float((agg["g_end"] - agg["p_start"]).min()))
+            lo = max(lo, float((agg["g_start"] - agg["p_end"]).max()))
+    if pairs.height:
+        src, dst = pairs["src_rank"].to_numpy(), pairs["dst_rank"].to_numpy()
+        into = np.isin(src, placed) & np.isin(dst, group)
+        out = np.isin(src, group) & np.isin(dst, placed)
+        if into.any():
+            hi = min(hi, float((re - ss)[into].min()))
+        if out.any():
+            lo = max(lo, float((ss - re)[out].max()))
+    m = _REPAIR_MARGIN_NS
+    if np.isfinite(lo) and np.isfinite(hi):
+        if lo > hi:
+            return (lo + hi) / 2, (lo - hi) / 2
+        return (lo + hi) / 2, (hi - lo) / 2
+    if np.isfinite(hi):
+        return min(0.0, hi - m), None
+    if np.isfinite(lo):
+        return max(0.0, lo + m), None
+    return None
+
+
 def estimate_skew(
     frames: TraceFrames,
     *,
@@ -510,108 +635,56 @@ def estimate_skew(
         links += [(rs[0], r) for r in rs[1:]]
     ref = ranks[0]
     comp = _components(ranks, links)
-    connected = [r for r in ranks if comp[r] == comp[ref]]
-    if len(connected) < len(ranks):
-        missing = [r for r in ranks if r not in connected]
-        notes.append(f"no anchors tie ranks {missing} to rank {ref}: their clocks are not corrected")
-    params = _Params(connected, ref, fit_drift)
-
-    # collective observations
-    cc = coin.filter(pl.col("rank").is_in(connected))
-    c_rank = cc["rank"].to_numpy()
-    c_y = cc["end_ns"].to_numpy().astype(np.float64)
-    c_x = (c_y - t_mid) / 1e9
-    inst_id = (cc.select(pl.struct("key", "instance").rank("dense") - 1)
-               .to_series().to_numpy().astype(np.int64)) if cc.height else np.zeros(0, np.int64)
-    n_inst = int(inst_id.max()) + 1 if inst_id.size else 0
-    # edge observations
-    ee = edges.filter(pl.col("a").is_in(connected) & pl.col("b").is_in(connected))
-    e_a, e_b = ee["a"].to_numpy(), ee["b"].to_numpy()
-    e_x = (ee["x_ns"].to_numpy() - t_mid) / 1e9
-    e_y = ee["delta_ns"].to_numpy()
-    e_sig = np.maximum(ee["half_ns"].to_numpy(), _MIN_SIGMA_NS)
-    e_rows = params.row(e_b, e_x) + params.row(e_a, e_x, -1.0) if ee.height else np.zeros(
-        (0, params.n))
-
-    theta = np.zeros(params.n)
-    c_w = np.ones(len(c_y))
-    e_w = np.ones(len(e_y))
-    sigma_c = 1000.0
-    cov = np.zeros((params.n, params.n))
-    if params.n:
-        c_rows = params.row(c_rank, c_x) if len(c_y) else np.zeros((0, params.n))
-        for it in range(iterations):
-            n_mat = np.zeros((params.n, params.n))
-            rhs = np.zeros(params.n)
-            if len(c_y):
-                w = c_w / sigma_c**2
-                wsum = np.bincount(inst_id, weights=w, minlength=n_inst)
-                g = np.zeros((n_inst, params.n))
-                np.add.at(g, inst_id, c_rows * w[:, None])
-                wy = np.bincount(inst_id, weights=w * c_y, minlength=n_inst)
-                inv = np.where(wsum > 0, 1.0 / np.maximum(wsum, 1e-300), 0.0)
-                n_mat += (c_rows * w[:, None]).T @ c_rows - (g * inv[:, None]).T @ g
-                rhs += (c_rows * w[:, None]).T @ c_y - (g * inv[:, None]).T @ wy
-            if len(e_y):
-                w = e_w / e_sig**2
-                n_mat += (e_rows * w[:, None]).T @ e_rows
-                rhs += (e_rows * w[:, None]).T @ e_y
-            ridge = 1e-12 * (np.trace(n_mat) / max(params.n, 1) + 1.0)
-            cov = np.linalg.pinv(n_mat + ridge * np.eye(params.n))
-            prev, theta = theta, cov @ rhs
-            if it > 0 and np.max(np.abs(theta - prev)) < 0.05:
-                break
-            # residuals and robust weights
-            if len(c_y):
-                v = c_y - c_rows @ theta
-                w = c_w
-                t_i = np.bincount(inst_id, weights=w * v, minlength=n_inst) / np.maximum(
-                    np.bincount(inst_id, weights=w, minlength=n_inst), 1e-300)
-                res = v - t_i[inst_id]
-                mad = float(np.median(np.abs(res))) * 1.4826 if res.size else 0.0
-                sigma_c = max(mad, _MIN_SIGMA_NS)
-                c_w = _huber(res / sigma_c)
-            if len(e_y):
-                res_e = e_y - e_rows @ theta
-                e_w = _huber(res_e / e_sig)
+    members: dict[int, list[int]] = defaultdict(list)
+    for r in ranks:
+        members[comp[r]].append(r)
     model_o = {r: 0.0 for r in ranks}
     model_d = {r: 0.0 for r in ranks}
-    for r in connected:
-        if r == ref:
+    unc: dict[int, float | None] = {r: None for r in ranks}
+    used: dict[int, int] = defaultdict(int)
+    for group in sorted(members.values()):
+        o, d, sd, u = _fit(coin, edges, group, group[0], fit_drift, t_mid, iterations)
+        model_o.update(o)
+        model_d.update(d)
+        unc.update(sd)
+        for r, n in u.items():
+            used[r] += n
+    placed = list(members[comp[ref]])
+    unplaced: list[int] = []
+    for group in sorted(members.values()):
+        if comp[group[0]] == comp[ref]:
             continue
-        o = theta[params.col_o[r]]
-        d = theta[params.col_d[r]] if fit_drift else 0.0
-        model_o[r] = o - d * t_mid / 1e9
-        model_d[r] = d / 1e3
+        cur = ClockModel(model_o, model_d, ref)
+        shift = _place(coll, pairs, cur, placed, group)
+        if shift is None:
+            unplaced += group
+            continue
+        delta, half = shift
+        for r in group:
+            model_o[r] += delta
+            unc[r] = None if half is None else float(np.hypot(unc[r] or 0.0, half))
+        placed += group
+    connected = sorted(placed)
+    if unplaced:
+        notes.append(f"no anchors tie ranks {sorted(unplaced)} to rank {ref}: their clocks "
+                     "are not corrected")
     raw = ClockModel({r: 0.0 for r in ranks}, {r: 0.0 for r in ranks}, ref)
     fitted = ClockModel(model_o, model_d, ref)
     before = count_violations(coll, pairs, raw)
     model = _repair(fitted, coll, pairs, connected, ref, fit_drift) if repair else fitted
     after = count_violations(coll, pairs, model)
 
-    unc: dict[int, float | None] = {}
-    for r in ranks:
-        if r not in connected:
-            unc[r] = None
-        elif r == ref:
-            unc[r] = 0.0
-        else:
-            var = cov[params.col_o[r], params.col_o[r]]
-            shift = abs(model.offset_ns[r] + model.drift_ppm[r] * 1e-6 * t_mid
-                        - fitted.offset_ns[r] - fitted.drift_ppm[r] * 1e-6 * t_mid)
-            unc[r] = max(float(np.sqrt(max(var, 0.0))), shift)
-    used = defaultdict(int)
-    for r, n in zip(*np.unique(c_rank, return_counts=True), strict=True):
-        used[int(r)] += int(n)
-    for a, b in zip(e_a.tolist(), e_b.tolist(), strict=True):
-        used[a] += 1
-        used[b] += 1
+    for r in connected:
+        shift = abs(model.offset_ns[r] + model.drift_ppm[r] * 1e-6 * t_mid
+                    - fitted.offset_ns[r] - fitted.drift_ppm[r] * 1e-6 * t_mid)
+        if unc[r] is not None:
+            unc[r] = max(float(unc[r]), shift)
     table = pl.DataFrame({
         "rank": ranks,
         "offset_ns": [model.offset_ns[r] if r in connected else None for r in ranks],
         "drift_ppm": [(model.drift_ppm[r] if fit_drift else None) if r in connected else None
                       for r in ranks],
-        "uncertainty_ns": [unc[r] for r in ranks],
+        "uncertainty_ns": [unc[r] if r in connected else None for r in ranks],
         "anchors_used": [used.get(r, 0) for r in ranks],
         "violations_before": [before.get(r, 0) for r in ranks],
         "violations_after": [after.get(r, 0) for r in ranks],
@@ -678,7 +751,8 @@ def _repair(model: ClockModel, coll: pl.DataFrame, pairs: pl.DataFrame, connecte
     for _ in range(max_rounds):
         cur = ClockModel(off, {r: v * 1e6 for r, v in dr.items()}, ref)
         cs, ce, ss, re = _corrected_anchor_times(coll, pairs, cur)
-        cons: list[tuple[int, float, int, float, float]] = []  # (late_r, t_late, early_s, t_s, slack)
+        # (late rank, its raw end, early rank, its raw start, slack)
+        cons: list[tuple[int, float, int, float, float]] = []
         if pairs.height:
             slack = (re - ss).astype(np.float64)
             bad = np.flatnonzero(slack < _REPAIR_MARGIN_NS)
@@ -774,7 +848,9 @@ def _model_meta(model: ClockModel) -> dict[str, Any]:
                       for r in model.offset_ns}}
 
 
-def aligned_frames(frames: TraceFrames, align: str = "auto") -> tuple[TraceFrames, SkewResult | None]:
+def aligned_frames(
+    frames: TraceFrames, align: str = "auto"
+) -> tuple[TraceFrames, SkewResult | None]:
     """``frames`` on the corrected axis when ``align`` asks for it and anchors exist.
 
     ``align``: "none" returns the frames unchanged; "auto" corrects when the run

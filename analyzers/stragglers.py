@@ -30,6 +30,7 @@ start of its part of the collective. Per row of the ``stragglers`` table
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import polars as pl
@@ -131,7 +132,10 @@ def arrivals(frames: TraceFrames, coll: pl.DataFrame | None = None) -> pl.DataFr
 
 
 def _phases(frames: TraceFrames) -> pl.DataFrame:
-    """Phase annotations (GPU mirrors when present, else host ranges): rank, name, pattern, ts, end."""
+    """Phase annotations (GPU mirrors when present, else host ranges).
+
+    Columns: rank, name, pattern, ts_ns, end_ns, dur_ns.
+    """
     a = frames.annotations.filter(~pl.col("name").str.contains(NOT_A_PHASE))
     if a.filter("on_gpu").height:
         a = a.filter("on_gpu")
@@ -259,12 +263,16 @@ def precision_recall(named: list[tuple[Any, int, str | None]],
                      injected: dict[str, Any]) -> dict[str, float | None]:
     """Precision / recall of named (rank, phase) against ``inject["delay"]``.
 
-    A name is correct when its rank and phase (pattern) equal the injected ones.
+    A name is correct when its rank and phase equal the injected ones (numbers in
+    phase names rolled up: ``forward:mb=3`` matches ``forward:mb=*``).
     """
     delay = (injected or {}).get("delay") or {}
     want = (int(delay["rank"]), str(delay.get("phase"))) if "rank" in delay else None
-    got = [(r, p) for _s, r, p in named]
-    correct = sum(1 for g in got if want and g[0] == want[0] and g[1] == want[1])
+    def roll(phase: str | None) -> str | None:
+        return None if phase is None else re.sub(r"(=|#)\d+", r"\1*", phase)
+
+    got = [(r, roll(p)) for _s, r, p in named]
+    correct = sum(1 for g in got if want and g[0] == want[0] and g[1] == roll(want[1]))
     precision = correct / len(got) if got else None
     recall = (1.0 if correct else 0.0) if want else None
     return {"precision": precision, "recall": recall, "named": float(len(got)),

@@ -151,9 +151,9 @@ def _traffic_matrix(i: Inputs) -> Built:
     if pairs.is_empty():
         return NO_TRAFFIC
     return (
-        pairs.group_by("src_rank", "dst_rank", "link")
+        pairs.group_by("src_rank", "dst_rank", "link", "phase")
         .agg(pl.col("bytes").sum())
-        .sort("src_rank", "dst_rank", "link", nulls_last=True)
+        .sort("src_rank", "dst_rank", "link", "phase", nulls_last=True)
     )
 
 

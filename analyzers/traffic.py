@@ -7,7 +7,10 @@ Input is ``TraceFrames.comm_meta``. Two kinds of rows:
 * NCCL ``record_param_comms`` rows have no destination vector: their volume is
   *estimated* as ``in_nelems`` (else ``out_nelems``) x the dtype's size — the
   payload this rank contributes, not the algorithm's wire bytes — with an
-  unknown destination (``dst_rank`` null).
+  unknown destination (``dst_rank`` null); when the process group's ranks are
+  known (``distributedInfo.pg_config``, see :func:`peer_estimates`) they are
+  split per destination by the collective's algorithm (ring all_reduce
+  2(n-1)/n, all_gather / reduce_scatter (n-1)/n, all_to_all in/n per peer).
 
 The link class of a pair comes from the topology (``gpus_per_node``: same rank
 "local", same node "nvl", else "ib"); without one, an overlapscope row falls back
@@ -77,14 +80,109 @@ def _link_expr(gpus_per_node: int | None) -> pl.Expr:
     return pl.when(same).then(pl.lit("local")).otherwise(suffix.fill_null("unknown"))
 
 
+#: Share of a collective's message bytes a rank sends, by algorithm (ring for reductions).
+def _ring_share(kind: str, n: int) -> float | None:
+    if kind == "all_reduce":
+        return 2 * (n - 1) / n
+    if kind in ("all_gather", "reduce_scatter"):
+        return (n - 1) / n
+    return None
+
+
+def _collective_kind(name: str | None) -> str | None:
+    """all_reduce / all_gather / reduce_scatter / all_to_all, or None (not split)."""
+    key = "".join(ch for ch in (name or "").lower() if ch.isalpha())
+    for kind, words in (("all_reduce", ("allreduce",)),
+                        ("all_gather", ("allgather", "allgatherbase", "allgatherintocoalesced")),
+                        ("reduce_scatter", ("reducescatter", "reducescatterbase",
+                                            "reducescattertensor")),
+                        ("all_to_all", ("alltoall", "alltoallv", "alltoallbase"))):
+        if any(key.startswith(w) or key == w for w in words):
+            return kind
+    return None
+
+
+def peer_estimates(
+    comm_meta: pl.DataFrame, groups: dict[str, list[int]], *, world_size: int | None = None
+) -> pl.DataFrame:
+    """Per-destination estimates of NCCL ``record_param_comms`` rows whose group is known.
+
+    The group is ``groups[pg_name]`` when its size equals ``group_size``, else all
+    ranks when ``group_size`` equals ``world_size``. With message bytes ``S`` (the
+    larger of in/out nelems x dtype size) and ``n`` members, a rank sends: all_reduce
+    ``2(n-1)/n * S``, all_gather / reduce_scatter ``(n-1)/n * S`` to its ring
+    successor (next member in group order); all_to_all ``in/n`` bytes to every
+    member (itself included, as local bytes). Other collectives and unknown groups
+    are not split. Columns: the comm_meta row index ``row`` plus src_rank, dst_rank,
+    bytes.
+    """
+    out = {"row": [], "src_rank": [], "dst_rank": [], "bytes": []}
+    if comm_meta.is_empty():
+        return pl.DataFrame(out, schema={"row": pl.Int64, "src_rank": pl.Int32,
+                                         "dst_rank": pl.Int32, "bytes": pl.Int64})
+    cols = ["rank", "collective", "dtype", "in_nelems", "out_nelems", "group_size", "pg_name",
+            "dst_bytes"]
+    for i, (rank, coll, dtype, n_in, n_out, gsize, pg, dst) in enumerate(
+            comm_meta.select(cols).iter_rows()):
+        if dst is not None:
+            continue
+        kind = _collective_kind(coll)
+        size = DTYPE_BYTES.get((dtype or "").lower())
+        if kind is None or size is None:
+            continue
+        group = groups.get(str(pg)) if pg is not None else None
+        if group is None or (gsize and len(group) != gsize):
+            group = groups.get("__world__") if gsize and gsize == world_size else None
+        if not group or rank not in group:
+            continue
+        n = len(group)
+        if kind == "all_to_all":
+            if n_in is None:
+                continue
+            per = n_in * size // n
+            for d in group:
+                out["row"].append(i)
+                out["src_rank"].append(rank)
+                out["dst_rank"].append(d)
+                out["bytes"].append(per)
+            continue
+        msg = max(n_in or 0, n_out or 0) * size
+        share = _ring_share(kind, n)
+        if not msg or share is None or n < 2:
+            continue
+        out["row"].append(i)
+        out["src_rank"].append(rank)
+        out["dst_rank"].append(group[(group.index(rank) + 1) % n])
+        out["bytes"].append(round(msg * share))
+    return pl.DataFrame(out, schema={"row": pl.Int64, "src_rank": pl.Int32,
+                                     "dst_rank": pl.Int32, "bytes": pl.Int64})
+
+
 def traffic_pairs(
-    comm_meta: pl.DataFrame, *, gpus_per_node: int | None = None, world_size: int | None = None
+    comm_meta: pl.DataFrame, *, gpus_per_node: int | None = None, world_size: int | None = None,
+    groups: dict[str, list[int]] | None = None,
 ) -> pl.DataFrame:
     """Every comm_meta row as (src, dst, link, bytes) rows (TRAFFIC_PAIRS_SCHEMA).
 
     Exact rows with zero bytes to a destination are dropped; estimated rows keep
     one row each. ``world_size`` only serves the single-node rule of estimates.
+    With ``groups`` (process group name -> ranks, see :func:`peer_estimates`),
+    NCCL rows of a known group are split per destination instead (still
+    ``estimated``); the rest stay single rows with an unknown destination.
     """
+    if groups:
+        split = peer_estimates(comm_meta, groups, world_size=world_size)
+        if split.height:
+            indexed = comm_meta.with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
+            done = indexed.join(split.select("row").unique(), on="row", how="semi")
+            rest = indexed.join(split.select("row").unique(), on="row", how="anti").drop("row")
+            rows = split.join(done.drop("rank", "dst_bytes"), on="row").drop("row")
+            base = traffic_pairs(rest, gpus_per_node=gpus_per_node, world_size=world_size)
+            rows = rows.with_columns(pl.lit(True).alias("estimated"))
+            rows = rows.with_columns(_link_expr(gpus_per_node).alias("link"))
+            cols = list(TRAFFIC_PAIRS_SCHEMA)
+            out = pl.concat([base, rows.select(cols).cast(TRAFFIC_PAIRS_SCHEMA)])
+            return out.sort(["src_rank", "ts_ns", "dst_rank"], nulls_last=True)
     base = comm_meta.select(
         pl.col("rank").alias("src_rank"), "name", "collective", "phase", "dtype", "ts_ns",
         "dur_ns", "dst_bytes", "in_nelems", "out_nelems", "group_size",
@@ -162,7 +260,15 @@ def traffic_summary(frames: TraceFrames, *, gpus_per_node: int | None = None) ->
     ``per_phase`` (by src_rank and phase) and ``gpus_per_node`` (int or None).
     """
     gpn, world = _topology(frames, gpus_per_node)
-    pairs = traffic_pairs(frames.comm_meta, gpus_per_node=gpn, world_size=world)
+    groups = None
+    nccl = frames.comm_meta.filter(pl.col("dst_bytes").is_null())
+    if nccl.height:
+        from overlapscope.analyzers.skew import process_groups
+
+        groups = process_groups(frames)
+        if len(groups) == 1:
+            groups = None  # no pg_config recorded: keep the per-row estimates
+    pairs = traffic_pairs(frames.comm_meta, gpus_per_node=gpn, world_size=world, groups=groups)
     return {
         "pairs": pairs,
         "matrix": traffic_matrix(pairs),

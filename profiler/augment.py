@@ -133,3 +133,46 @@ def augment_trace(data: bytes, overlapscope: dict[str, Any], events: list[dict[s
     top["traceEvents"] = append_events(top["traceEvents"], encoded)
     top["overlapscope"] = msgspec.Raw(msgspec.json.encode(overlapscope))
     return msgspec.json.encode(top)
+
+
+def _ns_of(raw: msgspec.Raw) -> int:
+    """A JSON number of microseconds (any spelling) as exact integer nanoseconds."""
+    from decimal import ROUND_HALF_EVEN, Decimal
+
+    return int((Decimal(bytes(raw).decode()) * 1000).to_integral_value(ROUND_HALF_EVEN))
+
+
+def skew_ns(unix_ns: int, *, offset_ns: int, drift_ppm: float, ref_unix_ns: int) -> int:
+    """A true Unix time (ns) as a skewed clock reads it:
+    ``t + offset_ns + round(drift_ppm * 1e-6 * (t - ref_unix_ns))``."""
+    return unix_ns + int(offset_ns) + round(drift_ppm * (unix_ns - ref_unix_ns) / 1e6)
+
+
+def skew_trace(data: bytes, *, offset_ns: int, drift_ppm: float, ref_unix_ns: int) -> bytes:
+    """Trace JSON text whose every event time reads as on a clock that is ``offset_ns``
+    ahead at ``ref_unix_ns`` and runs ``drift_ppm`` fast (see :func:`skew_ns`).
+
+    Each event's ``ts`` (and its end ``ts + dur``, so ``dur`` grows by the drift) is
+    mapped; everything else is kept byte for byte (events are split into raw members,
+    only ``ts``/``dur`` are rewritten, with three decimals). ``baseTimeNanoseconds``
+    stays, so the shift shows in ``ts``.
+    """
+    top = split_trace(data)
+    base = trace_base_ns(top)
+    events = msgspec.json.decode(top["traceEvents"], type=list[msgspec.Raw])
+    out = []
+    for raw in events:
+        ev = msgspec.json.decode(raw, type=dict[str, msgspec.Raw])
+        if "ts" not in ev:
+            out.append(bytes(raw))
+            continue
+        t0 = base + _ns_of(ev["ts"])
+        new0 = skew_ns(t0, offset_ns=offset_ns, drift_ppm=drift_ppm, ref_unix_ns=ref_unix_ns)
+        ev["ts"] = us_text(new0 - base)
+        if "dur" in ev:
+            t1 = t0 + _ns_of(ev["dur"])
+            new1 = skew_ns(t1, offset_ns=offset_ns, drift_ppm=drift_ppm, ref_unix_ns=ref_unix_ns)
+            ev["dur"] = us_text(new1 - new0)
+        out.append(msgspec.json.encode(ev))
+    top["traceEvents"] = msgspec.Raw(b"[\n" + b",\n".join(out) + b"]")
+    return msgspec.json.encode(top)

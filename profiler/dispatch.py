@@ -33,6 +33,24 @@ bytes per destination and link class to a :class:`TrafficHook` — a
 dispatch/combine calls to the rank's comm stream
 (``overlapscope.profiler.comm_stream``) and give that thread its own process
 group (``RankContext.comm_group``) so its messages never meet other traffic.
+
+**Where exchanges run.** With ``EPGroup.stream`` set (the rank's comm stream), every
+exchange — plan building, dispatch and combine, their forward *and* backward halves,
+inside overlapped pairs or not — is issued on that stream through
+``stream.call``: inline on the comm thread / CUDA side stream, otherwise handed to it
+(CPU) or issued under the side stream with stream waits and ``record_stream``
+(CUDA). PyTorch runs a backward op on the stream of its forward; without this the
+backward halves of plain (unpaired) forwards would land on the default stream,
+serialised with compute.
+
+**Link classes** (BRIEF §4.10): a copy from a rank to itself is "local" — the
+source's own-node hop-1 copy and the forwarder's hop-2 copy to itself alike — never
+NVLink; the warp emulator and the CUDA kernel's host accounting count the same way.
+
+**Routing statistics.** When the hook has ``record_routing(stats)`` (ProfileSession,
+TrafficLog), :class:`~overlapscope.profiler.model.MoEBlock` reports per forward
+dispatch how many tokens the node limit redirected and the IB bytes it saved
+(:func:`node_limit_stats`).
 """
 
 from __future__ import annotations
@@ -70,6 +88,11 @@ class TrafficLog:
     """In-memory :class:`TrafficHook`: keeps every record as a dict (for tests and scripts)."""
 
     records: list[dict[str, Any]] = field(default_factory=list)
+    routing: list[dict[str, Any]] = field(default_factory=list)
+
+    def record_routing(self, stats: dict[str, Any]) -> None:
+        """Keep one forward dispatch's routing statistics (:func:`node_limit_stats`)."""
+        self.routing.append(dict(stats))
 
     def record_traffic(self, name: str, collective: str, hop: str, dst_bytes: list[int],
                        phase: str | None, t0_ns: int, t1_ns: int, dtype: str) -> None:
@@ -176,25 +199,48 @@ class EPLayout:
 
 @dataclass
 class EPGroup:
-    """What a rank needs to dispatch: its layout, the process group, an optional hook."""
+    """What a rank needs to dispatch: its layout, the process group, an optional hook,
+    and optionally the rank's comm stream (every exchange is then issued on it)."""
 
     layout: EPLayout
     group: Any = None  # a torch.distributed ProcessGroup; None = the default group
     hook: TrafficHook | None = None
+    stream: Any = None  # comm_stream.ThreadCommStream / CudaCommStream, or None (inline)
+    timeout_s: float = 120.0
 
 
 def make_ep_group(topology: Topology, ranks: list[int] | None, rank: int, n_experts: int,
-                  group: Any = None, hook: TrafficHook | None = None) -> EPGroup:
+                  group: Any = None, hook: TrafficHook | None = None,
+                  stream: Any = None) -> EPGroup:
     """:class:`EPGroup` of ``rank`` in the EP group ``ranks`` (None: the whole world).
 
     ``group`` must be a process group containing exactly ``ranks`` (or the default
     group when they are the whole world); use a dedicated one when dispatch runs
-    on a comm thread.
+    on a comm thread. ``stream``: the rank's comm stream (see the module docstring).
     """
-    return EPGroup(EPLayout.build(topology, ranks, rank, n_experts), group, hook)
+    return EPGroup(EPLayout.build(topology, ranks, rank, n_experts), group, hook, stream)
+
+
+def on_comm_stream(ep: EPGroup | None, fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` issued on ``ep.stream`` (inline without one), with the caller's grad
+    mode (a custom autograd Function's forward/backward runs with grad disabled, and a
+    worker thread must not start recording a graph of its own)."""
+    stream = getattr(ep, "stream", None)
+    if stream is None:
+        return fn(*args)
+    grad = torch.is_grad_enabled()
+
+    def body() -> Any:
+        with torch.set_grad_enabled(grad):
+            return fn(*args)
+    return stream.call(body, timeout=getattr(ep, "timeout_s", 120.0))
 
 
 # --------------------------------------------------------------------------- exchange
+
+
+#: Process groups (by id; None = the default group) that already ran their warm-up.
+_WARM_GROUPS: set[int] = set()
 
 
 class _Exchanger:
@@ -202,14 +248,17 @@ class _Exchanger:
 
     def __init__(self, ep: EPGroup) -> None:
         self.ep = ep
-        self._warm = False
 
     def _warm_up(self, device: torch.device) -> None:
-        # NCCL wants the first operation on a communicator to involve every member.
-        if not self._warm and device.type != "cpu":
+        # NCCL: if batch_isend_irecv is the first operation on a group, every member must
+        # take part, so each group runs one tiny all_reduce before its first exchange (once
+        # per process group, not per dispatch: the first exchange of a plan is collective
+        # over the EP group, so all members reach this point together).
+        key = id(self.ep.group)
+        if device.type != "cpu" and key not in _WARM_GROUPS:
             probe = torch.zeros(1, device=device)
             dist.all_reduce(probe, group=self.ep.group)
-        self._warm = True
+            _WARM_GROUPS.add(key)
 
     def run(self, sends: dict[int, torch.Tensor], recv_rows: dict[int, int], tail: tuple[int, ...],
             dtype: torch.dtype, device: torch.device, *, tag: int, record: tuple[str, str] | None,
@@ -277,6 +326,8 @@ class DispatchPlan:
     ``recv_src`` / ``recv_tok`` its source rank and token index, ``segments``
     ``[(ep_index, start, end)]`` rows per EP rank held here (one segment).
     """
+
+    _walk_tensors = True  # comm_stream.protect() follows its tensors
 
     def __init__(self, ep: EPGroup, n_tokens: int, top_k: int) -> None:
         self.ep = ep
@@ -398,7 +449,7 @@ def build_plan(topk_ids: torch.Tensor, ep: EPGroup, *, phase: str | None = None)
     if topk_ids.numel() and (int(topk_ids.min()) < 0 or int(topk_ids.max()) >= n_exp):
         raise ValueError(f"build_plan: expert ids must be in 0..{n_exp - 1}")
     plan = DispatchPlan(ep, topk_ids.shape[0], topk_ids.shape[1])
-    plan._build(topk_ids, phase)
+    on_comm_stream(ep, plan._build, topk_ids, phase)
     return plan
 
 
@@ -411,6 +462,8 @@ class LocalPlan:
     ascending node), so results equal the distributed ones bit for bit when the
     expert inputs are the same.
     """
+
+    _walk_tensors = True
 
     def __init__(self, topk_ids: torch.Tensor, shape: EPShape) -> None:
         ids = topk_ids.long()
@@ -446,28 +499,37 @@ class LocalPlan:
 # --------------------------------------------------------------------------- autograd
 
 
+def _comm(plan: Any, fn: Any, rows: torch.Tensor, phase: str | None) -> torch.Tensor:
+    """One data path of ``plan`` on the EP group's comm stream (LocalPlan: inline)."""
+    ep = getattr(plan, "ep", None)
+    return on_comm_stream(ep, lambda: fn(rows, phase=phase))
+
+
 class _DispatchFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, src: torch.Tensor, plan: Any, phases: tuple) -> torch.Tensor:
         ctx.plan, ctx.bwd_phase = plan, phases[1]
-        return plan.forward_rows(src, phase=phases[0])
+        return _comm(plan, plan.forward_rows, src, phases[0])
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
-        # dispatch's backward sums the gradients of all copies: a combine
-        return ctx.plan.reverse_sum(grad.contiguous(), phase=ctx.bwd_phase), None, None
+        # dispatch's backward sums the gradients of all copies: a combine. It is issued
+        # on the comm stream too, whatever stream autograd runs this function on.
+        plan = ctx.plan
+        return _comm(plan, plan.reverse_sum, grad.contiguous(), ctx.bwd_phase), None, None
 
 
 class _CombineFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, rows: torch.Tensor, plan: Any, phases: tuple) -> torch.Tensor:
         ctx.plan, ctx.bwd_phase = plan, phases[1]
-        return plan.reverse_sum(rows, phase=phases[0])
+        return _comm(plan, plan.reverse_sum, rows, phases[0])
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
         # combine's backward hands every partial its token's gradient: a cached dispatch
-        return ctx.plan.forward_rows(grad.contiguous(), phase=ctx.bwd_phase), None, None
+        plan = ctx.plan
+        return _comm(plan, plan.forward_rows, grad.contiguous(), ctx.bwd_phase), None, None
 
 
 def two_hop_dispatch(plan: DispatchPlan | LocalPlan, src: torch.Tensor, *,

@@ -57,7 +57,7 @@ from overlapscope.profiler.dispatch import (
     two_hop_combine,
     two_hop_dispatch,
 )
-from overlapscope.profiler.routing import node_limited_topk
+from overlapscope.profiler.routing import node_limit_stats, node_limited_topk
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
            "float16": torch.float16}
@@ -217,9 +217,24 @@ class Gate(nn.Module):
 
     def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``u`` [N, hidden] -> (topk_ids int64 [N, k], topk_weights [N, k])."""
+        ids, w, _ = self.route(u)
+        return ids, w
+
+    def route(self, u: torch.Tensor, *, unlimited: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Like :meth:`forward`, plus (with ``unlimited``) the ids the same gate picks
+        without the node limit (no gradient; for routing statistics), else None."""
         c = self.cfg
-        return node_limited_topk(torch.sigmoid(self.proj(u)), self.bias, n_nodes=c.ep_nodes,
-                                 top_k=c.top_k, max_nodes=c.max_nodes, node_score=c.node_score)
+        affinity = torch.sigmoid(self.proj(u))
+        ids, w = node_limited_topk(affinity, self.bias, n_nodes=c.ep_nodes, top_k=c.top_k,
+                                   max_nodes=c.max_nodes, node_score=c.node_score)
+        free = None
+        if unlimited:
+            with torch.no_grad():
+                free, _ = node_limited_topk(affinity.detach(), self.bias, n_nodes=c.ep_nodes,
+                                            top_k=c.top_k, max_nodes=c.ep_nodes,
+                                            node_score=c.node_score)
+        return ids, w, free
 
 
 @dataclass
@@ -231,6 +246,7 @@ class AttnOut:
     u: torch.Tensor
     topk_ids: torch.Tensor
     topk_weights: torch.Tensor
+    unlimited_ids: torch.Tensor | None = None  # the gate's choice without the node limit
 
 
 @dataclass
@@ -293,12 +309,26 @@ class MoEBlock(nn.Module):
 
     # -- pieces ---------------------------------------------------------------------------
 
+    def _wants_routing_stats(self) -> bool:
+        return self.ep is not None and callable(getattr(self.ep.hook, "record_routing", None))
+
     def attn_forward(self, x: torch.Tensor) -> AttnOut:
         """Attention + residual, then the MoE input norm and the gate."""
         h = x + self.attn(self.norm1(x))
         u = self.norm2(h).reshape(-1, h.shape[-1])
-        ids, w = self.gate(u)
-        return AttnOut(h, u, ids, w)
+        ids, w, free = self.gate.route(u, unlimited=self._wants_routing_stats())
+        return AttnOut(h, u, ids, w, free)
+
+    def _record_routing(self, a: AttnOut, row_bytes: int) -> None:
+        """Report what the node limit did to this batch to the EP group's hook."""
+        if a.unlimited_ids is None or not self._wants_routing_stats():
+            return
+        lay = self.ep.layout
+        self.ep.hook.record_routing(node_limit_stats(  # type: ignore[union-attr]
+            a.topk_ids.detach().cpu(), a.unlimited_ids.cpu(), n_nodes=lay.shape.n_nodes,
+            gpus_per_node=lay.shape.gpus_per_node, experts_per_gpu=lay.shape.experts_per_rank,
+            src_node=lay.node, src_local=lay.local, bytes_per_token=row_bytes,
+            max_nodes=self.cfg.max_nodes))
 
     def dispatch_forward(self, a: AttnOut, *, phase: str | None = "dispatch(F)",
                          backward_phase: str | None = "dispatch(B)") -> Routed:
@@ -308,6 +338,8 @@ class MoEBlock(nn.Module):
         else:
             plan = build_plan(a.topk_ids, self.ep, phase=phase)
         payload = torch.cat([a.u, a.topk_weights.to(a.u.dtype)], 1)
+        if phase is not None:  # forward dispatches only (tests re-dispatch with phase=None)
+            self._record_routing(a, payload.shape[1] * payload.element_size())
         recv = two_hop_dispatch(plan, payload, phase=phase, backward_phase=backward_phase)
         hidden = a.u.shape[1]
         return Routed(plan, recv[:, :hidden], recv[:, hidden:], plan.recv_ids)

@@ -219,3 +219,59 @@ def node_limit_savings(
         "ib_bytes_saved": float((unlimited - limited) * bytes_per_token),
         "saved_fraction": (unlimited - limited) / unlimited if unlimited else 0.0,
     }
+
+
+#: Keys of :func:`node_limit_stats` that are counts (summed over dispatches by a session).
+ROUTING_COUNT_KEYS = (
+    "dispatches", "tokens", "tokens_redirected", "tokens_over_limit",
+    "ib_copies", "ib_copies_unlimited", "ib_bytes", "ib_bytes_unlimited", "ib_bytes_saved",
+    "nvl_copies", "nvl_copies_unlimited", "nvl_bytes", "nvl_bytes_unlimited",
+)
+
+
+def node_limit_stats(
+    limited_ids: torch.Tensor,
+    unlimited_ids: torch.Tensor,
+    *,
+    n_nodes: int,
+    gpus_per_node: int,
+    experts_per_gpu: int,
+    src_node: int,
+    src_local: int,
+    bytes_per_token: int,
+    max_nodes: int,
+) -> dict[str, Any]:
+    """What the node limit did to one source rank's batch (counts, JSON-ready ints).
+
+    ``limited_ids`` are the gate's choice under the limit ``max_nodes``, ``unlimited_ids``
+    the same gate's choice with no limit (``max_nodes = n_nodes``), both [T, k].
+    ``tokens_redirected``: tokens whose expert set the limit changed;
+    ``tokens_over_limit``: tokens whose unlimited choice spans more than ``max_nodes``
+    nodes; ``ib_copies`` / ``nvl_copies`` (and ``*_unlimited``): hop-1 copies to remote
+    nodes and hop-2 copies to other GPUs (the forwarder's copy to itself is local, BRIEF
+    §4.10); bytes = copies x ``bytes_per_token``; ``ib_bytes_saved`` = unlimited -
+    limited IB bytes. ``dispatches`` is 1 (a session sums these dicts).
+    """
+    common = dict(n_nodes=n_nodes, gpus_per_node=gpus_per_node,
+                  experts_per_gpu=experts_per_gpu, src_node=src_node, src_local=src_local)
+    lim = routing_stats(limited_ids, **common)
+    unl = routing_stats(unlimited_ids, **common)
+    same = (torch.sort(limited_ids.long(), dim=1).values
+            == torch.sort(unlimited_ids.long(), dim=1).values).all(dim=1)
+    ib = int(lim["per_token"]["ib_copies"].sum())
+    ib_u = int(unl["per_token"]["ib_copies"].sum())
+    nvl = int(lim["per_token"]["nvl_copies"].sum())
+    nvl_u = int(unl["per_token"]["nvl_copies"].sum())
+    b = int(bytes_per_token)
+    return {
+        "dispatches": 1,
+        "tokens": int(limited_ids.shape[0]),
+        "tokens_redirected": int((~same).sum()),
+        "tokens_over_limit": int((unl["per_token"]["nodes"] > max_nodes).sum()),
+        "ib_copies": ib, "ib_copies_unlimited": ib_u,
+        "ib_bytes": ib * b, "ib_bytes_unlimited": ib_u * b, "ib_bytes_saved": (ib_u - ib) * b,
+        "nvl_copies": nvl, "nvl_copies_unlimited": nvl_u,
+        "nvl_bytes": nvl * b, "nvl_bytes_unlimited": nvl_u * b,
+        "max_nodes": int(max_nodes), "nodes": int(n_nodes),
+        "bytes_per_token": b,
+    }

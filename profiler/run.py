@@ -47,7 +47,7 @@ WORKLOADS: dict[str, str] = {
 #: docstring; tests/unit/test_cli_profile.py checks every ``cfg.get`` key is listed).
 #: Launcher keys (steps, seed, pp, ...) have their own options and are refused by --set.
 WORKLOAD_KEYS: dict[str, tuple[str, ...]] = {
-    "dualpipe-moe": ("model", "batch", "seq", "overlap_comm", "return_grads"),
+    "dualpipe-moe": ("model", "batch", "seq", "overlap_comm", "return_grads", "p2p_wait"),
     "ep-dispatch": ("batch", "seq", "hidden", "experts_per_rank", "top_k", "max_nodes",
                     "node_score", "dtype", "lr"),
     "smoke": ("dim", "matmuls", "comm_elems", "fail_rank", "fail_step", "fail_mode"),
@@ -104,6 +104,13 @@ class RunConfig:
     timeout_s: float = 600.0
     collective_timeout_s: float = 120.0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: deliberate slowness: {"rank": r, "phase": "attn(F)", "ms": 20.0} (or None)
+    inject_delay: dict[str, Any] | None = None
+    #: deliberate clock error per rank: {rank: {"offset_ns": int, "drift_ppm": float}}
+    clock_skew: dict[int, dict[str, Any]] | None = None
+    #: draw a random clock error for every rank but 0 from this seed (explicit
+    #: ``clock_skew`` entries win); see :func:`random_clock_skew`
+    clock_skew_seed: int | None = None
 
     @property
     def world_size(self) -> int:
@@ -131,6 +138,64 @@ def _check_schedule(schedule: str, pp: int, micro_batches: int) -> None:
             "--micro-batches",
             f"{schedule} needs at least 2 x PP = {2 * pp} micro-batches, got {micro_batches}",
         )
+
+
+#: Ranges of random clock errors (``--clock-skew-seed``): offset ms, drift ppm.
+RANDOM_SKEW_OFFSET_MS = 5.0
+RANDOM_SKEW_DRIFT_PPM = 20.0
+
+
+def random_clock_skew(seed: int, world: int) -> dict[int, dict[str, Any]]:
+    """Per-rank clock errors for ranks 1..world-1 (rank 0 is the reference):
+    offset uniform in ±5 ms (whole ns), drift uniform in ±20 ppm (0.01 ppm steps)."""
+    import random
+
+    rng = random.Random(seed)
+    return {r: {"offset_ns": round(rng.uniform(-1, 1) * RANDOM_SKEW_OFFSET_MS * 1e6),
+                "drift_ppm": round(rng.uniform(-1, 1) * RANDOM_SKEW_DRIFT_PPM, 2)}
+            for r in range(1, world)}
+
+
+def _check_inject(cfg: RunConfig) -> RunConfig:
+    """Validate the injection options; expand ``clock_skew_seed`` into ``clock_skew``."""
+    world = cfg.world_size
+    delay = cfg.inject_delay
+    if delay is not None:
+        rank, phase, ms = delay.get("rank"), delay.get("phase"), delay.get("ms")
+        if not isinstance(rank, int) or not 0 <= rank < world:
+            raise ConfigError("--inject-delay", f"rank {rank!r} is outside 0..{world - 1}")
+        if not phase or not isinstance(phase, str):
+            raise ConfigError("--inject-delay", "needs a phase name, e.g. 5:attn(F):20ms")
+        if not isinstance(ms, int | float) or ms < 0:
+            raise ConfigError("--inject-delay", f"delay must be >= 0 ms, got {ms!r}")
+        delay = {"rank": rank, "phase": phase, "ms": float(ms)}
+    skew: dict[int, dict[str, Any]] = {}
+    if cfg.clock_skew_seed is not None:
+        skew.update(random_clock_skew(cfg.clock_skew_seed, world))
+    for rank, entry in (cfg.clock_skew or {}).items():
+        rank = int(rank)
+        if not 0 <= rank < world:
+            raise ConfigError("--clock-skew", f"rank {rank} is outside 0..{world - 1}")
+        skew[rank] = {"offset_ns": int(entry.get("offset_ns", 0)),
+                      "drift_ppm": float(entry.get("drift_ppm", 0.0))}
+    for rank, entry in skew.items():
+        if abs(entry["drift_ppm"]) >= 1e5:
+            raise ConfigError("--clock-skew", f"rank {rank}: drift {entry['drift_ppm']} ppm is "
+                              "not a clock error (|drift| must be < 100000 ppm)")
+    return replace(cfg, inject_delay=delay, clock_skew=skew or None, clock_skew_seed=None)
+
+
+def inject_manifest(cfg: RunConfig, ref_unix_ns: int | None) -> dict[str, Any] | None:
+    """The ``inject`` member of run.json: ``{"delay": {"rank", "phase", "ms"}, "clock":
+    {"<rank>": {"offset_ns", "drift_ppm", "ref_unix_ns"}}}`` (members present only when
+    injected; None when nothing is)."""
+    out: dict[str, Any] = {}
+    if cfg.inject_delay is not None:
+        out["delay"] = dict(cfg.inject_delay)
+    if cfg.clock_skew:
+        out["clock"] = {str(r): {**e, "ref_unix_ns": ref_unix_ns}
+                        for r, e in sorted(cfg.clock_skew.items())}
+    return out or None
 
 
 def _load_workload(name: str) -> Any:
@@ -193,7 +258,7 @@ def resolve(cfg: RunConfig, *, check_import: bool = True) -> RunConfig:
         micro_batches = 2 * pp if cfg.workload in SCHEDULED_WORKLOADS else 2
     if cfg.workload in SCHEDULED_WORKLOADS:
         _check_schedule(cfg.schedule, pp, micro_batches)
-    out = replace(cfg, pp=pp, ep=ep, micro_batches=micro_batches)
+    out = _check_inject(replace(cfg, pp=pp, ep=ep, micro_batches=micro_batches))
     if check_import:
         module = _load_workload(cfg.workload)
         hook = getattr(module, "validate", None)
@@ -224,14 +289,23 @@ def workload_config(cfg: RunConfig) -> dict[str, Any]:
 
 
 def pick_backend(requested: str, ranks_per_host: int) -> str:
-    """gloo or nccl: ``auto`` is nccl when CUDA has a GPU for every rank on this host."""
+    """gloo or nccl: ``auto`` is nccl when CUDA has a GPU for every rank on this host.
+
+    ``nccl`` with fewer GPUs than ranks on this host is refused here, before any rank
+    starts (NCCL itself would fail later with "Duplicate GPU detected")."""
     import torch
 
-    has_gpus = torch.cuda.is_available() and torch.cuda.device_count() >= ranks_per_host
-    if requested == "nccl" and not torch.cuda.is_available():
+    has_cuda = torch.cuda.is_available()
+    n_gpus = torch.cuda.device_count() if has_cuda else 0
+    if requested == "nccl" and not has_cuda:
         raise ConfigError("--backend", "nccl needs CUDA, and no CUDA device is available")
+    if requested == "nccl" and n_gpus < ranks_per_host:
+        raise ConfigError(
+            "--backend",
+            f"nccl needs one GPU per rank: {ranks_per_host} ranks on this host but only "
+            f"{n_gpus} GPU(s) visible (use fewer --gpus-per-node/--nodes, or --backend gloo)")
     if requested == "auto":
-        return "nccl" if has_gpus else "gloo"
+        return "nccl" if has_cuda and n_gpus >= ranks_per_host else "gloo"
     return requested
 
 
@@ -263,6 +337,9 @@ class _BareSession:
         pass
 
     def add_events(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def record_routing(self, *args: Any, **kwargs: Any) -> None:
         pass
 
     now_ns = staticmethod(time.monotonic_ns)  # the session clock
@@ -318,7 +395,11 @@ def run_rank(
     topology = Topology(cfg.nodes, cfg.gpus_per_node, cfg.ib_gbps, cfg.nvl_gbps)
     layout = RankLayout(cfg.pp or 1, cfg.ep or world_size)
     if cfg.backend == "nccl":
-        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        n_gpus = torch.cuda.device_count()
+        if local_rank >= n_gpus:  # never share a GPU between ranks (NCCL refuses it late)
+            raise ConfigError("--backend", f"rank {rank} has local rank {local_rank} but only "
+                              f"{n_gpus} GPU(s) are visible on this host")
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
@@ -334,7 +415,14 @@ def run_rank(
     stream = None
     try:
         comm_group, pp_group, ep_group = _new_groups(layout, rank, cfg.backend)
+        # raises (never hangs) when the side stream cannot be set up
         stream = make_comm_stream(device)
+        ref_unix_ns = None
+        if cfg.clock_skew:  # one reference instant for every rank's clock error
+            box = [time.time_ns()]
+            dist.broadcast_object_list(box, src=0)
+            ref_unix_ns = int(box[0])
+        skew = (cfg.clock_skew or {}).get(rank)
         ctx = RankContext(
             rank=rank,
             world_size=world_size,
@@ -379,7 +467,10 @@ def run_rank(
                     "device_type": device.type,
                     "layout": layout.to_dict(),
                     "launcher": {"mode": launcher},
+                    **({"inject": inj} if (inj := inject_manifest(cfg, ref_unix_ns)) else {}),
                 },
+                inject_delay=cfg.inject_delay,
+                clock_skew={**skew, "ref_unix_ns": ref_unix_ns} if skew else None,
             )
             session.comm_tid = stream.native_id
             session.start()

@@ -23,6 +23,7 @@ annotations are shared no-op context managers and nothing is written but the man
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import gzip
 import os
 import threading
@@ -164,6 +165,8 @@ class ProfileSession:
         write_run_json: bool = True,
         run_facts: dict[str, Any] | None = None,
         skip_steps: int = 0,
+        inject_delay: dict[str, Any] | None = None,
+        clock_skew: dict[str, Any] | None = None,
     ) -> None:
         default_rank, default_world = _dist_rank_world()
         self.rank = default_rank if rank is None else rank
@@ -189,6 +192,20 @@ class ProfileSession:
         self._lock = threading.Lock()
         self._t_start = 0.0
         self._mono_to_unix_ns = 0
+        self._routing: dict[str, Any] | None = None
+        # deliberate slowness: {"rank", "phase" (name or fnmatch pattern), "ms"}; applied
+        # only on the rank it names
+        self.inject_delay = dict(inject_delay) if inject_delay else None
+        if self.inject_delay is not None:
+            if float(self.inject_delay.get("ms", -1)) < 0 or not self.inject_delay.get("phase"):
+                raise ValueError(f"inject_delay needs a phase and ms >= 0, got {inject_delay}")
+            if int(self.inject_delay.get("rank", self.rank)) != self.rank:
+                self.inject_delay = None
+        self.delays_applied = 0
+        self._cuda_cycles_per_ms: float | None = None
+        # deliberate clock error of this rank's written times:
+        # {"offset_ns", "drift_ppm", "ref_unix_ns"} (augment.skew_ns)
+        self.clock_skew = dict(clock_skew) if clock_skew else None
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> ProfileSession:
@@ -234,10 +251,76 @@ class ProfileSession:
         return self._prof is not None and self.steps >= self.skip_steps
 
     def annotate(self, name: str) -> contextlib.AbstractContextManager[Any]:
-        """A ``record_function`` range named ``name`` (a shared no-op when disabled)."""
+        """A ``record_function`` range named ``name`` (a shared no-op when disabled).
+
+        With ``inject_delay`` on this rank, a range whose name matches its phase (exactly,
+        or as an ``fnmatch`` pattern) lasts ``ms`` longer: the delay runs at its start,
+        inside it (CPU: a host sleep; CUDA: a GPU sleep kernel on the current stream, so
+        the work launched inside the range spans ``ms`` more)."""
+        if self.inject_delay is not None and self._delay_matches(name):
+            return self._delayed(name)
         if not self.recording:
             return _NULL_CONTEXT
         return record_function(name)
+
+    def _delay_matches(self, name: str) -> bool:
+        phase = str(self.inject_delay["phase"])  # type: ignore[index]
+        return name == phase or (any(c in phase for c in "*?[") and fnmatch.fnmatchcase(name,
+                                                                                       phase))
+
+    @contextlib.contextmanager
+    def _delayed(self, name: str) -> Any:
+        ctx = record_function(name) if self.recording else _NULL_CONTEXT
+        with ctx:
+            self.sleep_ms(float(self.inject_delay["ms"]))  # type: ignore[index]
+            with self._lock:
+                self.delays_applied += 1
+            yield
+
+    def sleep_ms(self, ms: float) -> None:
+        """Spend ``ms`` milliseconds: on the GPU (a sleep kernel on the current stream)
+        when this session traces CUDA, else on the host."""
+        if ms <= 0:
+            return
+        if self.cuda and torch.cuda.is_available():
+            torch.cuda._sleep(max(1, int(ms * self._cycles_per_ms())))
+        else:
+            time.sleep(ms / 1000.0)
+
+    def _cycles_per_ms(self) -> float:
+        """GPU clock cycles per millisecond of ``torch.cuda._sleep`` (measured once)."""
+        if self._cuda_cycles_per_ms is None:
+            cycles = 10_000_000
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(
+                enable_timing=True)
+            torch.cuda._sleep(cycles // 10)  # warm-up
+            start.record()
+            torch.cuda._sleep(cycles)
+            stop.record()
+            stop.synchronize()
+            self._cuda_cycles_per_ms = cycles / max(start.elapsed_time(stop), 1e-3)
+        return self._cuda_cycles_per_ms
+
+    def record_routing(self, stats: dict[str, Any]) -> None:
+        """Add one forward dispatch's routing statistics (``routing.node_limit_stats``):
+        counts are summed over the run and written as ``overlapscope.routing`` in the
+        trace and ``routing`` in this rank's run.json entry."""
+        from overlapscope.profiler.routing import ROUTING_COUNT_KEYS
+
+        with self._lock:
+            if self._routing is None:
+                self._routing = {k: 0 for k in ROUTING_COUNT_KEYS}
+            for k in ROUTING_COUNT_KEYS:
+                self._routing[k] += int(stats.get(k, 0))
+            for k in ("max_nodes", "nodes", "bytes_per_token"):
+                if k in stats:
+                    self._routing[k] = stats[k]
+
+    @property
+    def routing(self) -> dict[str, Any] | None:
+        """Routing totals so far (None before the first forward dispatch)."""
+        with self._lock:
+            return dict(self._routing) if self._routing is not None else None
 
     def step(self) -> None:
         """Mark the end of one training step (``ProfilerStep#N`` ranges) and report it."""
@@ -325,6 +408,7 @@ class ProfileSession:
             "workload": self.workload,
             "schedule": self.schedule,
             "comm_tid": self.comm_tid,
+            "routing": self.routing,
         }
 
     def _added_events(self, base_ns: int) -> list[dict[str, Any]]:
@@ -350,6 +434,11 @@ class ProfileSession:
         top = augment.split_trace(data)
         added = self._added_events(augment.trace_base_ns(top))
         text = augment.augment_trace(data, self.overlapscope_member(), added)
+        if self.clock_skew:
+            text = augment.skew_trace(
+                text, offset_ns=int(self.clock_skew.get("offset_ns", 0)),
+                drift_ppm=float(self.clock_skew.get("drift_ppm", 0.0)),
+                ref_unix_ns=int(self.clock_skew.get("ref_unix_ns", 0)))
         tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
         tmp.write_bytes(gzip.compress(text, compresslevel=6, mtime=0))
         os.replace(tmp, final)
@@ -396,6 +485,8 @@ class ProfileSession:
             "session_wall_s": self.result.wall_s,
             "export_s": self.result.export_s,
             "facts": facts,
+            "routing": self.routing,
+            "delays_applied": self.delays_applied,
         }
 
     def _write_run_json(self, wall_s: float, facts: dict[str, Any]) -> None:

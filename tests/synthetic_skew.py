@@ -207,7 +207,8 @@ def cpu_run(
     def op(rank: int, name: str, peer: int, tag: int, t: float, range_end: float) -> None:
         ops.append({"rank": rank, "pid": "1", "tid": "1", "cat": "cpu_op", "name": name,
                     "ts_ns": int(t), "dur_ns": 20_000,
-                    "inputs": f'["", "", "{peer}", "{tag}"]', "input_dims": "[[[16, 64]], [], [], []]"})
+                    "inputs": f'["", "", "{peer}", "{tag}"]',
+                    "input_dims": "[[[16, 64]], [], [], []]"})
         rng_name = "gloo:send" if name == "c10d::send" else "gloo:recv"
         anns.append(_ann(rank, rng_name, t + 5_000, range_end))
 

@@ -48,7 +48,12 @@ def _texts(values: list[Any]) -> pl.Series:
 
 
 class EventColumns:
-    """Columns shared by all groups, plus per-group access to ``args``."""
+    """Columns shared by all groups, plus per-group access to ``args``.
+
+    Only ``ph``, ``cat`` and ``name`` are read for every event; pid, tid and the
+    args of a group are pulled out once per group (:meth:`group`) and shared by
+    every column built from it.
+    """
 
     def __init__(
         self,
@@ -64,13 +69,9 @@ class EventColumns:
         self.cat = pl.Series(list(map(attrgetter("cat"), events)), dtype=pl.Utf8)
         self.cat_lower = self.cat.str.to_lowercase()
         self.name = pl.Series(list(map(attrgetter("name"), events)), dtype=pl.Utf8)
-        self.pid_raw = np.empty(n, dtype=object)
-        self.pid_raw[:] = list(map(attrgetter("pid"), events))
-        self.tid_raw = np.empty(n, dtype=object)
-        self.tid_raw[:] = list(map(attrgetter("tid"), events))
-        args = np.empty(n, dtype=object)
-        args[:] = [a if a is not None else _EMPTY_ARGS for a in map(attrgetter("args"), events)]
-        self.args = args
+        self.events = np.empty(n, dtype=object)
+        self.events[:] = events
+        self._groups: dict[int, _Group] = {}
 
     def groups(self) -> dict[str, np.ndarray]:
         """Row indices of each event group."""
@@ -95,11 +96,20 @@ class EventColumns:
         out = df.select("i", group.alias("g")).group_by("g").agg(pl.col("i"))
         return {g: np.asarray(i, dtype=np.int64) for g, i in out.iter_rows()}
 
-    def arg(self, idx: np.ndarray, field: str) -> list[Any]:
-        return list(map(attrgetter(field), self.args[idx]))
+    def group(self, idx: np.ndarray) -> _Group:
+        """The events at ``idx`` with their pid, tid and args (extracted once)."""
+        key = id(idx)
+        hit = self._groups.get(key)
+        if hit is None or hit.idx is not idx:
+            hit = self._groups[key] = _Group(idx, self.events[idx].tolist())
+        return hit
 
-    def ids(self, raw: np.ndarray, idx: np.ndarray) -> pl.Series:
-        return _ids_as_text(raw[idx].tolist())
+    def arg(self, idx: np.ndarray, field: str) -> list[Any]:
+        return self.group(idx).arg(field)
+
+    def ids(self, raw: str, idx: np.ndarray) -> pl.Series:
+        g = self.group(idx)
+        return _ids_as_text(g.pid if raw == "pid" else g.tid)
 
     def common(self, idx: np.ndarray) -> dict[str, Any]:
         pl_idx = pl.Series(idx, dtype=pl.Int64)
@@ -109,6 +119,46 @@ class EventColumns:
             "ts_ns": self.ts_ns[idx],
             "dur_ns": self.dur_ns[idx],
         }
+
+
+class _Group:
+    """One group's events; pid, tid, args and each args field pulled out on first use."""
+
+    def __init__(self, idx: np.ndarray, events: list[Any]) -> None:
+        self.idx = idx
+        self.events = events
+        self._cache: dict[str, list[Any]] = {}
+
+    def _field(self, name: str) -> list[Any]:
+        got = self._cache.get(name)
+        if got is None:
+            got = self._cache[name] = list(map(attrgetter(name), self.events))
+        return got
+
+    @property
+    def pid(self) -> list[Any]:
+        return self._field("pid")
+
+    @property
+    def tid(self) -> list[Any]:
+        return self._field("tid")
+
+    @property
+    def args(self) -> list[Any]:
+        got = self._cache.get("\0args")
+        if got is None:
+            got = list(map(attrgetter("args"), self.events))
+            if None in got:
+                got = [a if a is not None else _EMPTY_ARGS for a in got]
+            self._cache["\0args"] = got
+        return got
+
+    def arg(self, field: str) -> list[Any]:
+        key = "args." + field
+        got = self._cache.get(key)
+        if got is None:
+            got = self._cache[key] = list(map(attrgetter(field), self.args))
+        return got
 
 
 def _null_rank(n: int) -> pl.Series:
@@ -125,8 +175,8 @@ def _prefer(primary: list[Any], fallback: list[Any]) -> list[Any]:
 
 def gpu_frame(c: EventColumns, idx: np.ndarray) -> pl.DataFrame:
     grid, block = c.arg(idx, "grid"), c.arg(idx, "block")
-    pid = c.pid_raw[idx].tolist()
-    tid = c.tid_raw[idx].tolist()
+    pid = c.group(idx).pid
+    tid = c.group(idx).tid
     cols = {
         "rank": _null_rank(idx.size),
         "device": _ints(_prefer(c.arg(idx, "device"), pid)).cast(pl.Int32, strict=False),
@@ -170,8 +220,8 @@ def host_frame(c: EventColumns, idx: np.ndarray) -> pl.DataFrame:
             dims[pos] = text
     cols = {
         "rank": _null_rank(idx.size),
-        "pid": c.ids(c.pid_raw, idx),
-        "tid": c.ids(c.tid_raw, idx),
+        "pid": c.ids("pid", idx),
+        "tid": c.ids("tid", idx),
         **common,
         "correlation": _ints(c.arg(idx, "correlation")),
         "external_id": _ints(c.arg(idx, "external_id")),
@@ -188,7 +238,7 @@ def comm_meta_frame(c: EventColumns, idx: np.ndarray) -> pl.DataFrame:
     common = c.common(idx)
     cols = {
         "rank": _null_rank(idx.size),
-        "tid": c.ids(c.tid_raw, idx),
+        "tid": c.ids("tid", idx),
         "name": common["name"],
         "ts_ns": common["ts_ns"],
         "dur_ns": common["dur_ns"],
@@ -207,8 +257,8 @@ def comm_meta_frame(c: EventColumns, idx: np.ndarray) -> pl.DataFrame:
 def annotation_frame(c: EventColumns, idx: np.ndarray) -> pl.DataFrame:
     common = c.common(idx)
     on_gpu = common["cat"] == "gpu_user_annotation"
-    pid = c.pid_raw[idx].tolist()
-    tid = c.tid_raw[idx].tolist()
+    pid = c.group(idx).pid
+    tid = c.group(idx).tid
     device = _ints(_prefer(c.arg(idx, "device"), pid)).cast(pl.Int32, strict=False)
     stream = _ints(_prefer(c.arg(idx, "stream"), tid))
     cols = {
@@ -255,13 +305,67 @@ def counter_frame(c: EventColumns, idx: np.ndarray) -> pl.DataFrame:
     common = c.common(sel)
     cols = {
         "rank": _null_rank(sel.size),
-        "pid": c.ids(c.pid_raw, sel),
+        "pid": c.ids("pid", sel),
         "name": common["name"],
         "series": ["occupancy"] * sel.size,
         "ts_ns": common["ts_ns"],
         "value": pl.Series([o for o in occ if o is not None], dtype=pl.Float64),
     }
     return pl.DataFrame(cols, schema=F.COUNTERS_SCHEMA, strict=False)
+
+
+#: Frames of :func:`build_frame_parts`: the TraceFrames groups, with comm_meta in its two
+#: halves (NCCL ``record_param_comms`` ops, then overlapscope ``comm_traffic`` events).
+PART_NAMES = (
+    "activities", "cpu_ops", "annotations", "comm_meta_rpc", "comm_meta_traffic",
+    "warp_events", "counters",
+)
+
+
+def build_frame_parts(
+    events: list[TraceEvent],
+    ts_ns: np.ndarray,
+    dur_ns: np.ndarray,
+    dur_missing: np.ndarray | None = None,
+) -> dict[str, pl.DataFrame]:
+    """The frames of :data:`PART_NAMES` for one batch of events.
+
+    Concatenating the parts of consecutive batches of a file (each part name in
+    batch order) gives exactly :func:`build_frames` of the whole file.
+    """
+    c = EventColumns(events, ts_ns, dur_ns, dur_missing)
+    groups = c.groups()
+    none = np.empty(0, dtype=np.int64)
+    host = groups.get("host", none)
+    is_rpc = (c.name.gather(pl.Series(host, dtype=pl.Int64)) == "record_param_comms").to_numpy()
+    rpc = host[is_rpc.astype(bool)] if host.size else none
+    return {
+        "activities": gpu_frame(c, groups.get("gpu", none)),
+        "cpu_ops": host_frame(c, host),
+        "annotations": annotation_frame(c, groups.get("annotation", none)),
+        "comm_meta_rpc": comm_meta_frame(c, rpc),
+        "comm_meta_traffic": comm_meta_frame(c, groups.get("traffic", none)),
+        "warp_events": warp_frame(c, groups.get("warp", none)),
+        "counters": counter_frame(c, groups.get("counter", none)),
+    }
+
+
+def merge_parts(parts: list[dict[str, pl.DataFrame]]) -> dict[str, pl.DataFrame]:
+    """TraceFrames groups of a file from the parts of its consecutive event batches."""
+
+    def cat(frames: list[pl.DataFrame]) -> pl.DataFrame:
+        frames = [f for f in frames if f.height] or frames[:1]
+        return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical", rechunk=True)
+
+    out = {
+        name: cat([p[name] for p in parts])
+        for name in PART_NAMES
+        if not name.startswith("comm_meta")
+    }
+    out["comm_meta"] = cat(
+        [p["comm_meta_rpc"] for p in parts] + [p["comm_meta_traffic"] for p in parts]
+    )
+    return out
 
 
 def build_frames(
@@ -272,19 +376,4 @@ def build_frames(
 ) -> dict[str, pl.DataFrame]:
     """All TraceFrames groups of one file's events (``dur_missing``: events without
     a ``dur``; GPU activities among them get a null ``dur_ns``)."""
-    c = EventColumns(events, ts_ns, dur_ns, dur_missing)
-    groups = c.groups()
-    none = np.empty(0, dtype=np.int64)
-    host = groups.get("host", none)
-    is_rpc = (c.name.gather(pl.Series(host, dtype=pl.Int64)) == "record_param_comms").to_numpy()
-    traffic = np.concatenate(
-        [host[is_rpc.astype(bool)] if host.size else none, groups.get("traffic", none)]
-    )
-    return {
-        "activities": gpu_frame(c, groups.get("gpu", none)),
-        "cpu_ops": host_frame(c, host),
-        "annotations": annotation_frame(c, groups.get("annotation", none)),
-        "comm_meta": comm_meta_frame(c, traffic),
-        "warp_events": warp_frame(c, groups.get("warp", none)),
-        "counters": counter_frame(c, groups.get("counter", none)),
-    }
+    return merge_parts([build_frame_parts(events, ts_ns, dur_ns, dur_missing)])

@@ -22,9 +22,10 @@ import numpy as np
 import polars as pl
 
 from overlapscope.analyzers.errors import TraceError
-from overlapscope.analyzers.kineto.columns import build_frames
+from overlapscope.analyzers.kineto.columns import build_frame_parts, merge_parts
 from overlapscope.analyzers.kineto.schema import (
     KEPT_EVENT_TYPES,
+    FastEvent,
     FastKinetoTrace,
     KinetoTrace,
     TraceEvent,
@@ -48,6 +49,10 @@ class _TimesOnly(msgspec.Struct):
 
 class _TraceTimes(msgspec.Struct):
     traceEvents: list[_TimesOnly] = []  # noqa: N815, RUF012
+
+
+_EVENTS_DECODER = msgspec.json.Decoder(list[FastEvent], strict=False)
+_TIMES_DECODER = msgspec.json.Decoder(list[_TimesOnly])
 
 
 @dataclass
@@ -98,9 +103,37 @@ def read_bytes(path: Path) -> bytes:
     return raw
 
 
-def decode_file(path: Path) -> FileFrames:
-    """Parse one Kineto trace into FileFrames; raises TraceError on bad input."""
+def decode_file(
+    path: Path, *, workers: int = 1, chunk_bytes: int | None = None
+) -> FileFrames:
+    """Parse one Kineto trace into FileFrames; raises TraceError on bad input.
+
+    The event list is decoded in batches of about ``chunk_bytes`` of JSON text
+    (default :data:`~overlapscope.analyzers.kineto.chunked.CHUNK_BYTES`), each
+    turned into columns and freed before the next, so memory stays near the
+    frames plus one batch; ``workers`` > 1 decodes batches in that many
+    processes (this one included). A file the batches cannot be proven to read
+    exactly as a whole-file decode would (unusual layout, odd events, bad
+    JSON) is decoded whole: the frames are the same either way.
+    """
     # Millions of short-lived objects: cycle collection passes would only cost time.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        from overlapscope.analyzers.kineto import chunked
+
+        try:
+            return chunked.decode_chunked(path, workers=workers, chunk_bytes=chunk_bytes)
+        except chunked.Fallback:
+            pass
+        return _decode_file(path)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def decode_whole(path: Path) -> FileFrames:
+    """Parse one Kineto trace in one piece (the reference the batched decode equals)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -135,7 +168,7 @@ def _decode_file(path: Path) -> FileFrames:
     num_sms = next((p.numSms for p in props if p.numSms), None)
     dev_name = next((p.name for p in props if p.name), None)
     base = int(trace.baseTimeNanoseconds or 0)
-    built = build_frames(events, ts_ns + base, dur_ns, dur_missing)
+    built = merge_parts([build_frame_parts(events, ts_ns + base, dur_ns, dur_missing)])
     return FileFrames(
         path=str(path),
         rank=rank,
@@ -230,21 +263,13 @@ def _convert_event(ev: Any) -> TraceEvent | None:
         return None
 
 
-def _times_ns(
-    raw: bytes, events: list[Any]
+def float_times(
+    events: list[Any],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(ts_ns, dur_ns, dur_missing, usable) of every event, times relative to the base.
-
-    ``dur`` null counts as 0 and is flagged in ``dur_missing``. ``usable`` is False
-    for an event whose ts or dur is not finite, whose |ts| exceeds MAX_TS_US, or
-    whose dur is negative or exceeds MAX_DUR_US; its times read as 0 here and the
-    caller drops it.
-    """
-    ts = pl.Series(list(map(attrgetter("ts"), events)), dtype=pl.Float64, strict=False)
-    dur = pl.Series(list(map(attrgetter("dur"), events)), dtype=pl.Float64, strict=False)
-    dur_missing = dur.is_null().to_numpy()
-    ts_np = ts.fill_null(0.0).to_numpy()
-    dur_np = dur.fill_null(0.0).to_numpy()
+    """(ts_us, dur_us, dur_missing, usable) as float64 arrays (see :func:`_times_ns`);
+    unusable events read as 0."""
+    ts_np, ts_null = _float_column(list(map(attrgetter("ts"), events)))
+    dur_np, dur_missing = _float_column(list(map(attrgetter("dur"), events)))
     with np.errstate(invalid="ignore"):
         usable = (
             np.isfinite(ts_np)
@@ -255,16 +280,27 @@ def _times_ns(
         )
     ts_np = np.where(usable, ts_np, 0.0)
     dur_np = np.where(usable, dur_np, 0.0)
-    if not needs_text_path(ts_np) and not needs_text_path(dur_np):
-        return us_to_ns(ts_np), us_to_ns(dur_np), dur_missing, usable
-    # Epoch-scale microseconds: float64 lost the nanoseconds, read them from the text.
-    try:
-        times = msgspec.json.decode(raw, type=_TraceTimes).traceEvents
-    except msgspec.MsgspecError:
-        return us_to_ns(ts_np), us_to_ns(dur_np), dur_missing, usable
-    times = [t for t in times if t.ph in KEPT_PHASES]
-    if len(times) != len(events):  # generic path dropped events; keep float precision
-        return us_to_ns(ts_np), us_to_ns(dur_np), dur_missing, usable
+    return ts_np, dur_np, dur_missing, usable
+
+
+def _float_column(values: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Numbers (int, float or None) as float64 with nulls as 0, and the null mask."""
+    if None not in values:
+        try:
+            arr = np.array(values, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            pass
+        else:
+            if arr.ndim == 1:
+                return arr, np.zeros(arr.size, dtype=bool)
+    col = pl.Series(values, dtype=pl.Float64, strict=False)
+    return col.fill_null(0.0).to_numpy(), col.is_null().to_numpy()
+
+
+def text_times(
+    times: list[_TimesOnly], usable: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (ts_ns, dur_ns) from the JSON text of the kept events' times."""
     # Strings of digits ("ts": "123.5") are read like numbers; null/empty counts as 0,
     # and so does every unusable event (dropped by the caller).
     ok = usable.tolist()
@@ -275,9 +311,32 @@ def _times_ns(
     return (
         decimal_text_us_to_ns(ts_txt).fill_null(0).to_numpy(),
         decimal_text_us_to_ns(dur_txt).fill_null(0).to_numpy(),
-        dur_missing,
-        usable,
     )
+
+
+def _times_ns(
+    raw: bytes, events: list[Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(ts_ns, dur_ns, dur_missing, usable) of every event, times relative to the base.
+
+    ``dur`` null counts as 0 and is flagged in ``dur_missing``. ``usable`` is False
+    for an event whose ts or dur is not finite, whose |ts| exceeds MAX_TS_US, or
+    whose dur is negative or exceeds MAX_DUR_US; its times read as 0 here and the
+    caller drops it.
+    """
+    ts_np, dur_np, dur_missing, usable = float_times(events)
+    if not needs_text_path(ts_np) and not needs_text_path(dur_np):
+        return us_to_ns(ts_np), us_to_ns(dur_np), dur_missing, usable
+    # Epoch-scale microseconds: float64 lost the nanoseconds, read them from the text.
+    try:
+        times = msgspec.json.decode(raw, type=_TraceTimes).traceEvents
+    except msgspec.MsgspecError:
+        return us_to_ns(ts_np), us_to_ns(dur_np), dur_missing, usable
+    times = [t for t in times if t.ph in KEPT_PHASES]
+    if len(times) != len(events):  # generic path dropped events; keep float precision
+        return us_to_ns(ts_np), us_to_ns(dur_np), dur_missing, usable
+    ts_ns, dur_ns = text_times(times, usable)
+    return ts_ns, dur_ns, dur_missing, usable
 
 
 def rank_from_name(path: Path) -> int | None:

@@ -15,6 +15,13 @@ completes). Inside an ``FB`` range a stage class that implements
 ``mlp(W)``, ``dispatch(B)``, ``combine(B)``. Point-to-point transfers are inside
 ``pp_send`` / ``pp_recv`` ranges (``p2p.py``).
 
+P2P waits (``p2p_wait``): ``"need"`` (default) posts each commit's batch without waiting
+and waits for a received tensor only when an op first uses it; sends complete in the
+background (reaped at later commits, the rest waited for at the end of the step), so
+sends never block compute. ``"commit"`` waits for the whole batch at the commit. The
+instruction order (what is posted when, and the op order) is the same in both: the
+schedule programs of ``base.py``.
+
 Overlap hook: when both modules of a pair share a class defining ::
 
     @classmethod
@@ -40,7 +47,7 @@ from torch import nn
 from torch.profiler import record_function
 
 from overlapscope.profiler.schedules.base import Commit, Compute, Local, Op, Schedule
-from overlapscope.profiler.schedules.p2p import P2P
+from overlapscope.profiler.schedules.p2p import P2P, PendingRecv, Posted
 from overlapscope.profiler.schedules.wgrad import STORE
 
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -64,6 +71,7 @@ class PipelineExecutor:
         p2p: P2P | None,
         *,
         annotate: Annotate = record_function,
+        p2p_wait: str = "need",
     ) -> None:
         if len(modules) != schedule.n_chunks:
             raise ValueError(f"{schedule.name} needs {schedule.n_chunks} modules per rank, "
@@ -74,7 +82,11 @@ class PipelineExecutor:
         self.criterion = criterion
         self.p2p = p2p
         self.annotate = annotate
+        if p2p_wait not in ("need", "commit"):
+            raise ValueError(f"p2p_wait must be 'need' or 'commit', got {p2p_wait!r}")
+        self.p2p_wait = p2p_wait
         self.program = schedule.program(rank)
+        self._posted: list[Posted] = []
 
     # ------------------------------------------------------------------------------
     def step(self, inputs: Mapping[int, torch.Tensor],
@@ -101,6 +113,9 @@ class PipelineExecutor:
                 self._local(ins)
         if len(STORE):
             raise RuntimeError("weight-grad FIFO not empty at the end of the step")
+        for batch in self._posted:  # sends still in flight: done before the step ends
+            batch.wait_sends()
+        self._posted = []
         return losses
 
     # --- communication ------------------------------------------------------------------
@@ -116,12 +131,28 @@ class PipelineExecutor:
                 sends.append((grad, t.peer))
         if self.p2p is None:
             raise RuntimeError(f"{self.schedule.name}: rank {self.rank} needs a P2P object")
-        bufs = self.p2p.exchange(sends, [t.peer for t in ins.recvs])
+        peers = [t.peer for t in ins.recvs]
+        if self.p2p_wait == "commit":
+            bufs: list[Any] = self.p2p.exchange(sends, peers)
+        else:
+            self._posted = [b for b in self._posted if not b.reap()]
+            batch = self.p2p.post(sends, peers)
+            self._posted.append(batch)
+            bufs = batch.recvs
         for t, buf in zip(ins.recvs, bufs, strict=True):
             if t.what == "act":
-                self._act_in[(t.chunk, t.mb)] = buf.requires_grad_()
+                self._act_in[(t.chunk, t.mb)] = (
+                    buf if isinstance(buf, PendingRecv) else buf.requires_grad_())
             else:
                 self._grad_out[(t.chunk, t.mb)] = buf
+
+    @staticmethod
+    def _ready(value: Any, *, act: bool) -> Any:
+        """A received tensor, waiting for it first when it is still in flight."""
+        if isinstance(value, PendingRecv):
+            buf = value.wait()
+            return buf.requires_grad_() if act else buf
+        return value
 
     def _local(self, ins: Local) -> None:
         if ins.what == "act":
@@ -141,6 +172,7 @@ class PipelineExecutor:
                 raise RuntimeError(f"{self.schedule.name}: rank {self.rank} has no input "
                                    f"for chunk {chunk} mb {mb}")
             self._act_in[key] = self._inputs[mb]
+        self._act_in[key] = self._ready(self._act_in[key], act=True)
         return self._act_in[key]
 
     def _is_loss(self, chunk: int) -> bool:
@@ -166,7 +198,7 @@ class PipelineExecutor:
         out = self._act_out.pop(key)
         if self._is_loss(chunk):
             return self._loss.pop(key), out, None
-        return None, out, self._grad_out.pop(key)
+        return None, out, self._ready(self._grad_out.pop(key), act=False)
 
     def _finish_backward(self, chunk: int, mb: int) -> None:
         x = self._act_in.pop((chunk, mb))

@@ -30,7 +30,7 @@ from overlapscope.profiler.warps import schema as S
 from overlapscope.profiler.warps.clock import Clock, RoleGen
 from overlapscope.profiler.warps.config import DispatchConfig
 from overlapscope.profiler.warps.links import Link, warp_copy_end
-from overlapscope.profiler.warps.plan import DispatchPlan, make_plan, routed_topk
+from overlapscope.profiler.warps.plan import DispatchPlan, make_plan, nvl_copies, routed_topk
 from overlapscope.profiler.warps.result import KernelResult, link_bytes, role_busy
 from overlapscope.profiler.warps.rings import Ring
 
@@ -62,6 +62,7 @@ def _nvl_sender(k: _Combine, c: int, w: int, r: int) -> RoleGen:
     cfg, clk, log, cost, plan = k.cfg, k.clock, k.log, k.cfg.cost, k.plan
     gpn, role = cfg.gpus_per_node, S.NVL_SENDER
     mine = [g for g in range(gpn) if g % cfg.receivers == r]
+    fwd = cfg.src_rank % gpn  # GPU (n, fwd) forwards node n's partials: its own is local
     for j in range(plan.n_chunks(c)):
         a, b = plan.chunk_range(c, j)
         for n in range(cfg.nodes):
@@ -78,10 +79,13 @@ def _nvl_sender(k: _Combine, c: int, w: int, r: int) -> RoleGen:
                 ring.write(j, ids, src, plan.out_pos[ids, d])
                 nbytes = len(ids) * k.row_bytes
                 t0 = clk.now
+                own = g == fwd
                 end = warp_copy_end(t0, nbytes, warp_gbps=cost.nvl_warp_gbps,
-                                    overhead_ns=cost.local_msg_ns, link=k.nvl_links[n])
+                                    overhead_ns=cost.local_msg_ns,
+                                    link=None if own else k.nvl_links[n])
                 yield end - t0 + cost.loop_ns
-                log.busy(c, w, role, j, nbytes, "nvl", t0, end, node=n, gpu=g)
+                log.busy(c, w, role, j, nbytes, "local" if own else "nvl", t0, end, node=n,
+                         gpu=g)
                 ring.tail.set(j + 1)
 
 
@@ -241,7 +245,7 @@ def emulate_combine(
         collective="two_hop_combine", kernel_name=KERNEL_NAME, cfg=cfg, plan=plan,
         row_bytes=row_bytes, kernel_ns=kernel_ns, log=log, link_bytes=link_bytes(log),
         expected_ib_bytes=remote * row_bytes,
-        expected_nvl_bytes=int(plan.dest.sum()) * row_bytes,
+        expected_nvl_bytes=nvl_copies(plan, cfg) * row_bytes,
         role_busy=role_busy(log, counts, cfg.channels, kernel_ns), steps=clock.steps,
         wall_s=time.perf_counter() - wall0, verified_bytes=move_bytes, outputs=out,
         inputs=partials,

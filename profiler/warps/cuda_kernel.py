@@ -13,7 +13,10 @@ array of ``EVENT_DTYPE`` and are turned into the one warp-event schema
 (``schema.WarpLog``, hence ``warp_role`` Chrome events) by :func:`records_to_log`.
 
 Destinations are given per token as a 64-bit mask, bit ``n * G + g`` = GPU ``g``
-of node ``n``; node 0 is the source's own node (its copies skip the IB link).
+of node ``n``; node 0 is the source's own node (its copies skip the IB link) and the
+source has local index 0 (:data:`SRC_LOCAL`), so the forwarder of node ``n`` is GPU
+``(n, 0)`` and its copy to GPU 0 is a copy to itself: "local", not NVLink (BRIEF
+§4.10; the emulator and the torch path count the same way).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ import polars as pl
 from overlapscope.profiler.warps import schema as S
 
 KERNEL_SOURCE = Path(__file__).with_name("kernel.cu")
+#: Local index of the source GPU (and so of every node's forwarder) in the kernel.
+SRC_LOCAL = 0
 
 #: Mirror of ``struct WarpEvent`` (40 bytes, little endian).
 EVENT_DTYPE = np.dtype([
@@ -111,7 +116,9 @@ class DispatchPlan:
     ``counts[c, d]`` tokens of channel ``c`` for destination ``d``; ``out_offset[c, d]``
     their first output row; ``out_rows`` rows per destination buffer; ``ib_bytes`` =
     token_bytes x sum over tokens of destination nodes other than node 0; ``nvl_bytes``
-    = token_bytes x sum of destination GPUs; ``channel_begin[c]`` first token of channel c.
+    = token_bytes x sum of destination GPUs other than the forwarders themselves (GPU
+    ``SRC_LOCAL`` of each node); ``local_fwd_bytes`` = token_bytes x those forwarder
+    self-copies; ``channel_begin[c]`` first token of channel c.
     """
 
     counts: np.ndarray
@@ -120,6 +127,7 @@ class DispatchPlan:
     ib_bytes: int
     nvl_bytes: int
     channel_begin: np.ndarray
+    local_fwd_bytes: int = 0
 
 
 def node_masks(mask: np.ndarray, cfg: KernelConfig) -> np.ndarray:
@@ -143,13 +151,15 @@ def dispatch_plan(mask: np.ndarray, cfg: KernelConfig) -> DispatchPlan:
     counts = np.stack([bits[begin[c]:begin[c + 1]].sum(axis=0) for c in range(cfg.channels)])
     offset = np.cumsum(counts, axis=0) - counts
     nodes = node_masks(mask, cfg)
+    own = int(bits.reshape(t, cfg.nodes, cfg.gpus_per_node)[:, :, SRC_LOCAL].sum())
     return DispatchPlan(
         counts=counts.astype(np.int32),
         out_offset=offset.astype(np.int32),
         out_rows=max(int(counts.sum(axis=0).max(initial=0)), 1),
         ib_bytes=int(nodes[:, 1:].sum()) * cfg.token_bytes,
-        nvl_bytes=int(bits.sum()) * cfg.token_bytes,
+        nvl_bytes=(int(bits.sum()) - own) * cfg.token_bytes,
         channel_begin=begin[:-1],
+        local_fwd_bytes=own * cfg.token_bytes,
     )
 
 
@@ -176,7 +186,8 @@ def records_to_log(records: np.ndarray, *, min_wait_ns: int = 0) -> S.WarpLog:
     """Kernel records (``EVENT_DTYPE``) -> ``schema.WarpLog``, times from the earliest record.
 
     Links: sender work to node 0 is "local" (own node, no IB), to other nodes "ib";
-    forwarder work "nvl"; receiver work "local"; coordinator work and waits none.
+    forwarder work "nvl", except to GPU ``SRC_LOCAL`` (the forwarder itself): "local";
+    receiver work "local"; coordinator work and waits none.
     """
     sms: dict[int, int] = {}
     log = S.WarpLog(min_wait_ns=min_wait_ns)
@@ -191,7 +202,8 @@ def records_to_log(records: np.ndarray, *, min_wait_ns: int = 0) -> S.WarpLog:
         node = int(r["node"]) if r["node"] >= 0 else None
         gpu = int(r["gpu"]) if r["gpu"] >= 0 else None
         if state == S.BUSY:
-            link = {0: "ib" if node else "local", 1: None, 2: "nvl", 3: "local"}[role_id]
+            link = {0: "ib" if node else "local", 1: None,
+                    2: "local" if gpu == SRC_LOCAL else "nvl", 3: "local"}[role_id]
             log.busy(c, w, role, int(r["chunk"]), int(r["bytes"]), link, t0, t1, node, gpu)
         else:
             log.wait(c, w, role, state, int(r["chunk"]), t0, t1, node, gpu)

@@ -14,7 +14,9 @@
 // Link speed is emulated like the fixture: a copy reserves time on its link (an atomic
 // on a global "link free at" timestamp) and spins until the reservation ends. Link 0 is
 // the source NIC (IB), link 1+n the NVLink fabric of node n. Node 0 is the source's own
-// node: its sender copies do not use IB.
+// node: its sender copies do not use IB. The source has local index 0, so node n's
+// forwarder is GPU (n, 0): its copy to GPU 0 is a copy to itself and does not use
+// NVLink either (BRIEF 4.10; the host accounting in cuda_kernel.py counts it as local).
 //
 // Every warp records its work and wait intervals with %globaltimer / %smid into its own
 // slice of a device buffer (no atomics needed). Every wait loop is bounded: on timeout it
@@ -305,7 +307,9 @@ __device__ void run_forwarder(Warp& w, int fwd) {
               kFull, i < cnt && (p.mask[__ldcg(p.rdma_tok + rslot * p.K + i)] & gbit)));
         }
         const unsigned long long bytes = (unsigned long long)total * p.S;
-        const unsigned long long until = w.reserve_link(1 + n, p.nvl_bytes_per_ns, bytes);
+        // g == 0: the forwarder's own GPU (source local index 0), a local copy
+        const unsigned long long until =
+            g == 0 ? 0ull : w.reserve_link(1 + n, p.nvl_bytes_per_ns, bytes);
         int m = 0;  // pass 2: copy them into the NVL ring slot
         for (int base = 0; base < cnt; base += 32) {
           const int i = base + w.lane;

@@ -132,8 +132,17 @@ def routed_topk(cfg: DispatchConfig) -> np.ndarray:
 def routing_bytes(plan: DispatchPlan, cfg: DispatchConfig) -> tuple[int, int]:
     """(IB bytes, NVLink bytes) the layout implies for one source rank.
 
-    IB = S * sum_t |nodes(t) minus own node|; NVLink = S * sum_t sum_n distinct GPUs
-    (the fixture kernel's convention: every forwarded copy counts as NVLink).
+    IB = S * sum_t |nodes(t) minus own node|; NVLink = S * sum_t sum_n (g(t, n) - s(t, n))
+    with g the distinct destination GPUs of node n and s = 1 when node n's GPU with the
+    source's local index is one of them: that copy is the forwarder's copy to itself,
+    local, not NVLink (BRIEF §4.10; the torch path and the CUDA kernel count the same;
+    the H200 fixture kernel counted it as NVLink).
     """
     remote = plan.node_mask.sum() - plan.node_mask[:, cfg.src_node].sum()
-    return int(remote) * cfg.token_bytes, int(plan.dest.sum()) * cfg.token_bytes
+    return int(remote) * cfg.token_bytes, nvl_copies(plan, cfg) * cfg.token_bytes
+
+
+def nvl_copies(plan: DispatchPlan, cfg: DispatchConfig) -> int:
+    """Forwarded copies that cross NVLink: destination GPUs minus the forwarders' own."""
+    own = int(plan.dest3[:, :, cfg.src_rank % cfg.gpus_per_node].sum())
+    return int(plan.dest.sum()) - own

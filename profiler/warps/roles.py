@@ -10,7 +10,10 @@ in order (as the H200 fixture kernel does):
   as that chunk's sender finished the node.
 * ``forwarder`` f owns nodes n with n % NF == f; per chunk and node it copies
   each staged token to every destination GPU of that node (deduplicated per
-  GPU) into NVL ring (c, n, g), then frees the RDMA slot.
+  GPU) into NVL ring (c, n, g), then frees the RDMA slot. The forwarder of node n
+  is the GPU with the source's local index there (where the IB copy landed), so its
+  copy to that GPU is a copy to itself: "local", no NVLink link time (BRIEF §4.10;
+  it costs the same warp time as the other forwarded copies).
 * ``nvl_receiver`` r owns GPUs g with g % NR == r of every node and copies NVL
   slots into the destination GPU's output at the token's precomputed row.
 """
@@ -113,6 +116,7 @@ def forwarder(k: DispatchState, c: int, w: int, f: int) -> RoleGen:
     cfg, clk, log, cost = k.cfg, k.clock, k.log, k.cfg.cost
     role, nb, gpn = S.FORWARDER, cfg.token_bytes, cfg.gpus_per_node
     mine = [n for n in range(cfg.nodes) if n % cfg.forwarders == f]
+    me = cfg.src_rank % gpn  # the forwarder's own local index on every node
     drop = k.faults.drop_token
     stuck = k.faults.stuck_role == role
     for j in range(k.plan.n_chunks(c)):
@@ -139,10 +143,13 @@ def forwarder(k: DispatchState, c: int, w: int, f: int) -> RoleGen:
                 nbytes = len(sel) * nb
                 t0 = clk.now
                 # the forwarder reads every staged token's mask for each GPU
+                own = g == me
                 end = warp_copy_end(t0, nbytes, warp_gbps=cost.nvl_warp_gbps,
-                                    overhead_ns=cost.fwd_scan_ns * len(ids), link=link)
+                                    overhead_ns=cost.fwd_scan_ns * len(ids),
+                                    link=None if own else link)
                 yield end - t0 + cost.loop_ns
-                log.busy(c, w, role, j, nbytes, "nvl", t0, end, node=n, gpu=g)
+                log.busy(c, w, role, j, nbytes, "local" if own else "nvl", t0, end, node=n,
+                         gpu=g)
                 if not stuck:
                     dst.tail.set(j + 1)
             if not stuck:

@@ -23,22 +23,28 @@ thread, while the main thread computes the other micro-batch's components::
     main thread:  attn(F)     mlp(B)       mlp(W)  mlp(F)       attn(B)     attn(W)
 
 (``combine(B)'`` is the next block's). Schedule ops carry the annotation grammar of
-``schedules/executor.py``; P2P stays on the main thread, inside ``pp_send`` / ``pp_recv``
-with ``comm_traffic`` records (hop "pp"). Dispatch/combine outside pairs (plain F/B ops)
-run inline on the main thread.
+``schedules/executor.py``; P2P is posted from the main thread without blocking it
+(``pp_send``; ``pp_recv`` where a received tensor is first needed; ``comm_traffic``
+records with hop "pp"). Dispatch/combine outside pairs (plain F/B ops), and the
+backward halves of every dispatch/combine, are issued on the comm stream too (the EP
+group carries ``ctx.comm_stream``; ``dispatch.on_comm_stream``).
 
 Config keys: ``schedule``, ``pp``, ``micro_batches``, ``steps``, ``seed`` (launcher);
-optional ``model`` (dict of :class:`model.ModelConfig` fields; EP shape filled in),
-``batch`` (sequences per micro-batch, 2), ``seq`` (tokens per sequence, 8),
-``return_grads`` (put per-parameter gradient sums in the facts, for tests),
-``overlap_comm`` (default true; false runs a pair's communication inline on the main
-thread).
+optional ``model`` (dict of :class:`model.ModelConfig` fields; EP shape filled in, node
+limit ``max_nodes`` defaults to half the EP group's nodes, at least 1, so it binds
+whenever the group spans 2+ nodes), ``batch`` (sequences per micro-batch, 2), ``seq``
+(tokens per sequence, 8), ``return_grads`` (save every parameter's gradient to
+``<out>/grads-rank-<r>.pt`` and name the file in the facts, for tests), ``overlap_comm``
+(default true; false runs all communication inline on the main thread), ``p2p_wait``
+("need", default: wait for a received tensor when it is used, sends never block;
+"commit": wait for the whole batch at each commit).
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -347,7 +353,7 @@ def model_config(cfg: dict[str, Any], ep_layout: EPLayout | None) -> ModelConfig
     if ep_layout is not None:
         base.setdefault("ep_nodes", ep_layout.shape.n_nodes)
         base.setdefault("ep_gpus_per_node", ep_layout.shape.gpus_per_node)
-        base.setdefault("max_nodes", min(2, ep_layout.shape.n_nodes))
+        base.setdefault("max_nodes", max(1, ep_layout.shape.n_nodes // 2))
     else:
         base.setdefault("ep_nodes", 1)
         base.setdefault("ep_gpus_per_node", 1)
@@ -364,16 +370,18 @@ def run(ctx: Any, session: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     n_micro = int(cfg.get("micro_batches") or 2 * pp)
     sched = make_schedule(str(cfg.get("schedule") or "dualpipe"), pp, n_micro)
     seed = int(cfg.get("seed", 0))
+    comm = getattr(ctx, "comm_stream", None) if cfg.get("overlap_comm", True) else None
+    timeout_s = float(getattr(ctx, "timeout_s", 120.0))
     ep = None
     if layout is not None and layout.ep > 1:
         ranks = layout.ep_group(pipe_rank)
         ep_layout = EPLayout.build(ctx.topology, ranks, ctx.rank, int(
             (cfg.get("model") or {}).get("n_experts", ModelConfig.n_experts)))
-        ep = EPGroup(ep_layout, group=ctx.ep_group, hook=session)
+        # every dispatch/combine exchange (both halves) is issued on the comm stream
+        ep = EPGroup(ep_layout, group=ctx.ep_group, hook=session, stream=comm,
+                     timeout_s=timeout_s)
     mcfg = model_config(cfg, ep.layout if ep else None)
     annotate = session.annotate
-    comm = getattr(ctx, "comm_stream", None) if cfg.get("overlap_comm", True) else None
-    timeout_s = float(getattr(ctx, "timeout_s", 120.0))
     modules = [PhasedStage(build_stage(mcfg, sched.stage(pipe_rank, c), sched.n_stages, seed, ep),
                            annotate, comm, timeout_s).to(ctx.device)
                for c in range(sched.n_chunks)]
@@ -388,7 +396,8 @@ def run(ctx: Any, session: Any, cfg: dict[str, Any]) -> dict[str, Any]:
 
     p2p = P2P(pp_ranks, (batch, seq, mcfg.hidden), mcfg.torch_dtype, ctx.device,
               group=ctx.pp_group, annotate=annotate, on_traffic=on_traffic)
-    executor = PipelineExecutor(sched, pipe_rank, modules, stage_loss, p2p, annotate=annotate)
+    executor = PipelineExecutor(sched, pipe_rank, modules, stage_loss, p2p, annotate=annotate,
+                                p2p_wait=str(cfg.get("p2p_wait", "need")))
     described = sched.describe()
     described["rank_map"] = [layout.stage_of(r) if layout else 0 for r in range(ctx.world_size)]
     session.schedule = {**(getattr(session, "schedule", None) or {}), **described}
@@ -414,9 +423,17 @@ def run(ctx: Any, session: Any, cfg: dict[str, Any]) -> dict[str, Any]:
         "step_wall_s": step_s,
     }
     if cfg.get("return_grads"):
-        facts["grads"] = {
-            f"{sched.stage(pipe_rank, c)}:{name}": float(p.grad.double().sum())
+        grads = {
+            f"{sched.stage(pipe_rank, c)}:{name}": p.grad.detach().cpu().clone()
             for c, m in enumerate(modules) for name, p in global_named_parameters(m.stage)
             if p.grad is not None
         }
+        out_dir = Path(getattr(session, "out_dir", None) or ".")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        name = f"grads-rank-{ctx.rank}.pt"
+        torch.save(grads, out_dir / name)
+        facts["grads_file"] = name
+    routing = getattr(session, "routing", None)
+    if routing:
+        facts["routing"] = routing
     return facts

@@ -47,6 +47,12 @@ class _Tee:
         self.log.record_traffic(*args, **kwargs)
         self.session.record_traffic(*args, **kwargs)
 
+    def record_routing(self, stats: dict[str, Any]) -> None:
+        self.log.record_routing(stats)
+        fn = getattr(self.session, "record_routing", None)
+        if fn is not None:
+            fn(stats)
+
 
 def model_config(cfg: dict[str, Any]) -> ModelConfig:
     """The MoE block's config for a world of ``nodes`` x ``gpus_per_node`` EP ranks."""
@@ -117,11 +123,12 @@ def run(ctx: Any, session: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     layout = EPLayout.build(ctx.topology, None, ctx.rank, mcfg.n_experts)
     group = ctx.comm_group if ctx.comm_group is not None else dist.new_group(
         list(range(ctx.world_size)))
-    ep = EPGroup(layout, group, tee)
-    block = MoEBlock(mcfg, seed, 0, 0, ep).to(ctx.device)
-    opt = torch.optim.SGD(block.parameters(), lr=float(cfg.get("lr", 1e-3)))
     comm = ctx.comm_stream
     timeout = getattr(ctx, "timeout_s", 120.0)
+    # every exchange (forward and backward halves) is issued on the comm stream
+    ep = EPGroup(layout, group, tee, stream=comm, timeout_s=timeout)
+    block = MoEBlock(mcfg, seed, 0, 0, ep).to(ctx.device)
+    opt = torch.optim.SGD(block.parameters(), lr=float(cfg.get("lr", 1e-3)))
 
     def on_comm(phase: str, fn: Any, *args: Any) -> Any:
         def body() -> Any:
@@ -141,7 +148,8 @@ def run(ctx: Any, session: Any, cfg: dict[str, Any]) -> dict[str, Any]:
         for w in work:
             with session.annotate("attn(F)"):
                 w.a = block.attn_forward(w.x)
-                w.a_d = AttnOut(_leaf(w.a.h), _leaf(w.a.u), w.a.topk_ids, _leaf(w.a.topk_weights))
+                w.a_d = AttnOut(_leaf(w.a.h), _leaf(w.a.u), w.a.topk_ids, _leaf(w.a.topk_weights),
+                                w.a.unlimited_ids)
             pending.append(on_comm("dispatch(F)", block.dispatch_forward, w.a_d))
         combines = []
         for w, fut in zip(work, pending, strict=True):
@@ -202,4 +210,17 @@ def run(ctx: Any, session: Any, cfg: dict[str, Any]) -> dict[str, Any]:
         "sent_bytes": sent,
         "nodes_per_token": sum(nodes_per_token) / len(nodes_per_token),
         "traffic_records": len(tee.log.records),
+        "routing": sum_routing(tee.log.routing),
     }
+
+
+def sum_routing(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Totals of per-dispatch :func:`routing.node_limit_stats` dicts (None when empty)."""
+    from overlapscope.profiler.routing import ROUTING_COUNT_KEYS
+
+    if not records:
+        return None
+    out: dict[str, Any] = {k: sum(int(r.get(k, 0)) for r in records) for k in ROUTING_COUNT_KEYS}
+    for k in ("max_nodes", "nodes", "bytes_per_token"):
+        out[k] = records[-1].get(k)
+    return out

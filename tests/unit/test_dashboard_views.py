@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 
 from overlapscope.analyzers.columns import column_meaning
 from overlapscope.analyzers.report import METRICS, TABLES
-from overlapscope.app.render import fmt_fraction, fmt_ms, label
 from overlapscope.app.cli import app as cli
 from overlapscope.app.dashboard import create_app
 from overlapscope.app.dashboard.components import figures as F
@@ -22,6 +21,7 @@ from overlapscope.app.dashboard.components.tables import metric_cards, registry_
 from overlapscope.app.dashboard.export import snapshot_html
 from overlapscope.app.dashboard.pages import PAGES
 from overlapscope.app.dashboard.pages import timeline as timeline_page
+from overlapscope.app.render import fmt_fraction, fmt_ms, label
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample_traces"

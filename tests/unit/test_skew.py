@@ -201,12 +201,12 @@ def test_synthetic_gpu_run_meets_the_accuracy_target() -> None:
 
 
 def test_synthetic_long_run_fits_the_drift() -> None:
-    frames, truth = gpu_run(8, steps=10, layers=8, seed=3)
+    frames, truth = gpu_run(8, steps=16, layers=8, seed=3)
     res = estimate_skew(frames)
     assert res.drift_fitted
     exact = truth.relative_model(0)
     for r in range(1, 8):
-        assert res.model.drift_ppm[r] == pytest.approx(exact.drift_ppm[r], abs=1.0)
+        assert res.model.drift_ppm[r] == pytest.approx(exact.drift_ppm[r], abs=2.0)
     assert np.percentile(residual_errors(res.model, truth), 95) <= 5_000
 
 

@@ -124,7 +124,7 @@ def timeline_figure(
             trace: dict[str, Any] = {
                 "type": "bar",
                 "orientation": "h",
-                "name": k,
+                "name": k.replace("_", " "),
                 "y": [pos_of[int(x)] for x in part["lane"].to_list()],
                 "width": BAR_HEIGHT,
                 # ms with ns resolution: 6 decimals keep every digit that matters

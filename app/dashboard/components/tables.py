@@ -141,7 +141,7 @@ def metric_cards(
             continue
         v = values.get(m.name)
         if v is None:
-            missing.append(m.name)
+            missing.append(metric_label(m.name))
             continue
         better = {"higher": "higher is better", "lower": "lower is better"}.get(m.better, "")
         cards.append(html.Div([

@@ -120,9 +120,9 @@ def _per_rank(entry: RunEntry) -> html.Div:
     cols = [m for m in METRICS if m in df.columns and df[m].null_count() < df.height]
     if not cols or df.height < 2:
         return html.Div()
-    head = html.Tr([html.Th("rank")] + [html.Th(metric_label(c), title=f"{METRICS[c].meaning} ({c})",
-                                                className="num")
-                                        for c in cols])
+    head = html.Tr([html.Th("rank")] + [
+        html.Th(metric_label(c), title=f"{METRICS[c].meaning} ({c})", className="num")
+        for c in cols])
     body = [html.Tr([html.Td(str(r["rank"]))] + [
         html.Td(fmt_metric_cell(r[c], METRICS[c].unit), className="num") for c in cols])
         for r in df.iter_rows(named=True)]

@@ -1,0 +1,344 @@
+"""Batched (and optionally parallel) decoding of one Kineto trace file.
+
+A trace is one JSON object whose ``traceEvents`` array holds the events one
+after another. This module cuts that array into batches of a few tens of MB at
+event boundaries (a ``}`` followed by ``,`` and ``{``), decodes each batch with
+the typed decoder of schema.py, turns it into columns (columns.py) and frees
+its Python objects before the next one: memory stays near the frames plus one
+batch, and batches can be decoded by several processes at once.
+
+Why the result equals a whole-file decode: the header (every key but the
+events) is decoded with the events array replaced by ``[]``, and each batch as
+``[`` + text + ``]``. When all of these decode, the file is their
+concatenation, and JSON's grammar reads that concatenation exactly one way, so
+every event is the one a whole-file decode would have produced. A cut inside a
+string or inside an event leaves its batch unbalanced, which fails to decode.
+Any failure (and anything unusual: no ``traceEvents`` near the top, an event
+type the fast schema does not know, mixed float/text time conversion) raises
+:class:`Fallback`, and decode.py decodes the file in one piece instead.
+"""
+
+from __future__ import annotations
+
+import gc
+import gzip
+import multiprocessing
+import os
+import re
+import zlib
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import polars as pl
+
+from overlapscope.analyzers.kineto import decode as D
+from overlapscope.analyzers.kineto.columns import build_frame_parts, merge_parts
+from overlapscope.analyzers.kineto.schema import KEPT_EVENT_TYPES, FastKinetoTrace
+from overlapscope.analyzers.kineto.timeconv import needs_text_path, us_to_ns
+
+#: Default batch size (bytes of JSON text).
+CHUNK_BYTES = 32 << 20
+#: ``traceEvents`` must start within this many bytes of the file's start, and the
+#: array must end within this many bytes of its end (the header is small).
+HEAD_LIMIT = 4 << 20
+TAIL_LIMIT = 4 << 20
+#: Most closing-bracket candidates tried at the end of the file.
+MAX_TAIL_TRIES = 256
+#: Below this many bytes of events per extra worker, parallel decoding does not pay.
+MIN_BYTES_PER_WORKER = 16 << 20
+
+_EVENTS_KEY = re.compile(rb'"traceEvents"\s*:\s*\[')
+_SEP = re.compile(rb"\}\s*,\s*\{")
+
+
+class Fallback(Exception):  # noqa: N818 - a signal, not an error
+    """The batched path cannot vouch for this file: decode it whole."""
+
+
+class _Source:
+    """Random access to a trace's JSON text: the file itself, or gunzipped bytes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: bytes | None = None
+        try:
+            with path.open("rb") as fh:
+                magic = fh.read(2)
+            if magic == b"\x1f\x8b":
+                self.data = gzip.decompress(path.read_bytes())
+                self.size = len(self.data)
+            elif path.suffix == ".gz":
+                raise Fallback
+            else:
+                self.size = path.stat().st_size
+        except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise Fallback from exc
+        self._fd: int | None = None
+
+    @property
+    def seekable_file(self) -> bool:
+        """True when workers can read byte ranges of the file themselves."""
+        return self.data is None
+
+    def read(self, start: int, end: int) -> bytes | memoryview:
+        """Bytes [start, end) of the JSON text."""
+        end = min(end, self.size)
+        if start >= end:
+            return b""
+        if self.data is not None:
+            return memoryview(self.data)[start:end]
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            except OSError as exc:
+                raise Fallback from exc
+        out = os.pread(self._fd, end - start, start)
+        if len(out) != end - start:  # the file changed under us
+            raise Fallback
+        return out
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+@dataclass
+class Layout:
+    """Where the events array lies: text [start, end) between its brackets."""
+
+    start: int
+    end: int
+    header: FastKinetoTrace
+
+
+def find_layout(src: _Source) -> Layout:
+    """Locate the events array and decode the header around it; Fallback if unsure."""
+    head = bytes(src.read(0, HEAD_LIMIT))
+    m = _EVENTS_KEY.search(head)
+    if m is None:
+        raise Fallback
+    start = m.end()
+    tail_from = max(start, src.size - TAIL_LIMIT)
+    tail = bytes(src.read(tail_from, src.size))
+    prefix = head[:start]  # ends with "["
+    pos = len(tail)
+    for _ in range(MAX_TAIL_TRIES):
+        pos = tail.rfind(b"]", 0, pos)
+        if pos < 0:
+            break
+        try:
+            header = D._DECODER.decode(prefix + tail[pos:])
+        except msgspec.MsgspecError:
+            continue
+        if header.traceEvents == []:
+            return Layout(start, tail_from + pos, header)
+        # The events are elsewhere (or the key repeats): not our layout.
+        raise Fallback
+    raise Fallback
+
+
+def _last_boundary(buf: bytes | memoryview) -> tuple[int, int] | None:
+    """(end of the last complete-looking event, start of the next) in ``buf``."""
+    data = buf if isinstance(buf, bytes) else bytes(buf)
+    i = len(data)
+    while True:
+        i = data.rfind(b"}", 0, i)
+        if i < 0:
+            return None
+        m = _SEP.match(data, i)
+        if m is not None:
+            return i + 1, m.end() - 1
+
+
+def cut_points(src: _Source, start: int, end: int, chunk_bytes: int) -> list[tuple[int, int]]:
+    """Byte ranges of batches covering the events text [start, end).
+
+    Reads only a small window at each cut: for splitting work between processes.
+    """
+    ranges: list[tuple[int, int]] = []
+    pos = start
+    window = 1 << 20
+    while end - pos > chunk_bytes * 3 // 2:
+        target = pos + chunk_bytes
+        found = None
+        probe = target
+        while found is None and probe < end:
+            buf = src.read(probe, min(end, probe + window))
+            data = bytes(buf)
+            m = _SEP.search(data)
+            if m is not None:
+                found = (probe + m.start() + 1, probe + m.end() - 1)
+            else:
+                probe += window - 64  # a separator may straddle two windows
+        if found is None:
+            break
+        ranges.append((pos, found[0]))
+        pos = found[1]
+    ranges.append((pos, end))
+    return ranges
+
+
+@dataclass
+class ChunkResult:
+    """One batch: its frames, counts and how its times were converted."""
+
+    parts: dict[str, pl.DataFrame]
+    n_events: int
+    skipped: int
+    kept: int
+    text_times: bool
+
+
+def _decode_batch(data: bytes | memoryview, base: int) -> ChunkResult:
+    """Decode one batch of events text (no brackets) into frame parts."""
+    text = b"[" + data + b"]"
+    try:
+        all_events = D._EVENTS_DECODER.decode(text)
+    except msgspec.MsgspecError as exc:
+        raise Fallback from exc
+    n_events = len(all_events)
+    events = [e for e in all_events if isinstance(e, KEPT_EVENT_TYPES)]
+    del all_events
+    ts_np, dur_np, dur_missing, usable = D.float_times(events)
+    use_text = needs_text_path(ts_np) or needs_text_path(dur_np)
+    if use_text:
+        times = [t for t in D._TIMES_DECODER.decode(text) if t.ph in D.KEPT_PHASES]
+        if len(times) != len(events):
+            raise Fallback
+        ts_ns, dur_ns = D.text_times(times, usable)
+        del times
+    else:
+        ts_ns, dur_ns = us_to_ns(ts_np), us_to_ns(dur_np)
+    del text
+    skipped = 0
+    if not usable.all():
+        skipped = int((~usable).sum())
+        events = [e for e, ok in zip(events, usable.tolist(), strict=True) if ok]
+        ts_ns, dur_ns, dur_missing = ts_ns[usable], dur_ns[usable], dur_missing[usable]
+    parts = build_frame_parts(events, ts_ns + base, dur_ns, dur_missing)
+    kept = len(events)
+    del events
+    return ChunkResult(parts, n_events, skipped, kept, use_text)
+
+
+def decode_range(src: _Source, start: int, end: int, base: int,
+                 chunk_bytes: int) -> list[ChunkResult]:
+    """Decode the events text [start, end) batch by batch (reading as it goes)."""
+    out: list[ChunkResult] = []
+    pos = start
+    while pos < end:
+        if end - pos <= chunk_bytes * 3 // 2:
+            out.append(_decode_batch(src.read(pos, end), base))
+            break
+        buf = src.read(pos, pos + chunk_bytes)
+        cut = _last_boundary(buf)
+        if cut is None:  # one event larger than a batch: take twice as much
+            chunk_bytes *= 2
+            continue
+        out.append(_decode_batch(memoryview(buf)[: cut[0]], base))
+        del buf
+        pos += cut[1]
+    return out
+
+
+def _worker(path: str, start: int, end: int, base: int,
+            chunk_bytes: int) -> list[ChunkResult] | None:
+    """Process-pool task: one range of a file's events; None when it must fall back."""
+    was = gc.isenabled()
+    gc.disable()
+    src = _Source(Path(path))
+    try:
+        return decode_range(src, start, end, base, chunk_bytes)
+    except Fallback:
+        return None
+    finally:
+        src.close()
+        if was:
+            gc.enable()
+
+
+def decode_chunked(path: Path, *, workers: int = 1, chunk_bytes: int | None = None) -> D.FileFrames:
+    """FileFrames of ``path`` decoded batch by batch; raises Fallback when unsure."""
+    chunk_bytes = max(1, int(chunk_bytes or CHUNK_BYTES))
+    src = _Source(path)
+    try:
+        layout = find_layout(src)
+        header = layout.header
+        base = int(header.baseTimeNanoseconds or 0)
+        span = layout.end - layout.start
+        workers = max(1, min(int(workers or 1), span // MIN_BYTES_PER_WORKER + 1))
+        if workers > 1 and src.seekable_file:
+            results = _decode_parallel(src, layout, base, chunk_bytes, workers)
+        else:
+            results = decode_range(src, layout.start, layout.end, base, chunk_bytes)
+    finally:
+        src.close()
+    return _assemble(path, header, base, results)
+
+
+def _decode_parallel(src: _Source, layout: Layout, base: int, chunk_bytes: int,
+                     workers: int) -> list[ChunkResult]:
+    """Ranges of the events text shared between this process and ``workers - 1`` others.
+
+    The file is cut into about ``4 x workers`` ranges. Every range but the first is
+    queued for the pool; this process works through the ranges from the front and
+    takes over any queued range a worker has not started yet (``Future.cancel``), so
+    a slow-starting pool costs nothing.
+    """
+    span = layout.end - layout.start
+    piece = max(chunk_bytes, span // (4 * workers) + 1)
+    ranges = cut_points(src, layout.start, layout.end, piece)
+    if len(ranges) == 1:
+        return decode_range(src, layout.start, layout.end, base, chunk_bytes)
+    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(workers - 1, mp_context=ctx)
+    try:
+        futures: list[Future[Any] | None] = [None] + [
+            pool.submit(_worker, str(src.path), a, b, base, chunk_bytes) for a, b in ranges[1:]
+        ]
+        out: list[list[ChunkResult] | None] = [None] * len(ranges)
+        for i, (a, b) in enumerate(ranges):
+            fut = futures[i]
+            if fut is None or fut.cancel():
+                out[i] = decode_range(src, a, b, base, chunk_bytes)
+        for i, fut in enumerate(futures):
+            if out[i] is None and fut is not None:
+                got = fut.result()
+                if got is None:
+                    raise Fallback
+                out[i] = got
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return [r for rs in out if rs is not None for r in rs]
+
+
+def _assemble(path: Path, trace: FastKinetoTrace, base: int,
+              results: list[ChunkResult]) -> D.FileFrames:
+    n_events = sum(r.n_events for r in results)
+    if n_events == 0:
+        raise Fallback  # the whole-file path words the error
+    text_modes = {r.text_times for r in results if r.kept}
+    if len(text_modes) > 1:
+        # Epoch-scale times in some batches only: the whole-file decode converts every
+        # event from its text, which may round a 4th decimal differently. Be exact.
+        raise Fallback
+    dist = trace.distributedInfo
+    props = trace.deviceProperties or []
+    built = merge_parts([r.parts for r in results])
+    return D.FileFrames(
+        path=str(path),
+        rank=dist.rank if dist and dist.rank is not None else None,
+        world_size=dist.world_size if dist else None,
+        backend=dist.backend if dist else None,
+        num_sms=next((p.numSms for p in props if p.numSms), None),
+        device_name=next((p.name for p in props if p.name), None),
+        n_events=n_events,
+        base_time_ns=base,
+        overlapscope=trace.overlapscope or {},
+        skipped_events=sum(r.skipped for r in results),
+        **built,
+    )
