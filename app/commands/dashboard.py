@@ -44,7 +44,11 @@ def register(app: typer.Typer) -> None:
             float, typer.Option(help="Largest trace the page accepts as an upload, MB.")
         ] = 100,
         cache: Annotated[
-            bool, typer.Option(help="Reuse cached decoded traces, reports and timeline indexes ($OVERLAPSCOPE_CACHE_DIR).")
+            bool,
+            typer.Option(
+                help="Reuse cached decoded traces, reports and timeline indexes "
+                "($OVERLAPSCOPE_CACHE_DIR)."
+            ),
         ] = True,
         debug: Annotated[bool, typer.Option(help="Dash debug mode (developers).")] = False,
     ) -> None:

@@ -14,8 +14,8 @@ import pytest
 
 from overlapscope.analyzers.errors import TraceError
 from overlapscope.analyzers.frames import WARP_EVENTS_SCHEMA
-from overlapscope.analyzers.warps.csv import read_warp_csv
 from overlapscope.analyzers.warps import align_warp_events_to_kernel
+from overlapscope.analyzers.warps.csv import read_warp_csv
 
 H200 = Path(__file__).resolve().parents[2] / "sample_traces" / "h200"
 HEADER = "role,warp,channel,smid,kind,chunk,node,gpu,t0_ns,t1_ns,bytes\n"

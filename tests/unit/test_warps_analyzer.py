@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 
 from overlapscope.analyzers.frames import COUNTERS_SCHEMA, WARP_EVENTS_SCHEMA
-from overlapscope.analyzers.warps.csv import read_warp_csv
 from overlapscope.analyzers.warps import Thresholds, analyze_warps, coordinator_lag, stragglers
+from overlapscope.analyzers.warps.csv import read_warp_csv
 from overlapscope.analyzers.warps.rings import union_length
 
 H200 = Path(__file__).resolve().parents[2] / "sample_traces" / "h200"
