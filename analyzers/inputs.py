@@ -74,15 +74,24 @@ class Inputs:
 
     @classmethod
     def create(cls, frames: TraceFrames, options: ReportOptions) -> Inputs:
-        """Validate the window, apply HTA compatibility if asked, classify once."""
+        """Validate the window, put ranks on one time axis (``options.align``), apply
+        HTA compatibility if asked, classify once. ``raw`` keeps the uncorrected frames."""
+        from overlapscope.analyzers.skew import aligned_frames
+
         source = str(frames.meta.get("source", ""))
         if options.window is not None:
             check_window(options.window, frames.annotations, source)
         rules = options.rules()
         raw = frames
+        # HTA compat reproduces HTA, which uses raw timestamps.
+        align = "none" if options.hta_compat else options.align
+        frames, skew = aligned_frames(frames, align)
         if options.hta_compat and frames.is_gpu:
             frames = hta_compat_frames(classify_frames(frames, rules))
-        return cls(classify_frames(frames, rules), options, rules, raw)
+        inputs = cls(classify_frames(frames, rules), options, rules, raw)
+        if skew is not None:
+            inputs.__dict__["skew"] = skew  # computed once: seed the cached property
+        return inputs
 
     @property
     def has_work(self) -> bool:
@@ -128,17 +137,10 @@ class Inputs:
 
         return estimate_skew(self.raw) if self.raw.ranks.height >= 2 else None
 
-    @cached_property
+    @property
     def aligned(self) -> TraceFrames:
-        """The raw frames on the corrected time axis (as ``options.align`` asks)."""
-        from overlapscope.analyzers.skew import correct_frames, needs_correction
-
-        res = self.skew
-        if self.options.align == "none" or res is None or not res.has_anchors:
-            return self.raw
-        if self.options.align == "auto" and not needs_correction(res):
-            return self.raw
-        return correct_frames(self.raw, res.model)
+        """The frames on the time axis ``options.align`` chose (classified)."""
+        return self.frames
 
     def facts(self) -> dict[str, Any]:
         """What the report was computed from: ranks, sizes, window, definitions."""
@@ -158,6 +160,7 @@ class Inputs:
             "definition": ov.OVERLAP_DEFINITION if f.is_gpu else ov.HOST_OVERLAP_DEFINITION,
             "rules": list(self.rules.sources),
             "hta_compat": self.options.hta_compat,
+            "time_axis": "corrected" if "clock_model" in self.frames.meta else "raw",
         }
         if "prep" in self.__dict__ and self.prep.windows.height:
             w = self.prep.windows
@@ -172,6 +175,9 @@ class Inputs:
             out.extend(ov.window_warnings(self.prep, self.options.window or DEFAULT_WINDOW))
         if f.meta.get("skipped_events"):
             out.append(f"{f.meta['skipped_events']} malformed events were skipped")
+        skew = self.__dict__.get("skew")
+        if skew is not None:
+            out.extend(skew.notes)
         if self.options.hta_compat:
             out.append("HTA 0.5.0 compatibility rules applied: NCCL-only comm, µs rounding, "
                        "last ProfilerStep dropped")

@@ -46,6 +46,9 @@ LABELS = {
     "comm_busy_ns": "comm ms",
     "exposed_comm_ns": "exposed ms",
 }
+#: Integer columns that are identifiers, printed without thousands separators.
+ID_COLUMNS = {"rank", "device", "stream", "src_rank", "dst_rank", "step", "channel", "warp",
+              "pos", "mb", "stage", "mb_b", "stage_b", "peer", "pp", "sm"}
 #: String columns that may be shortened or wrapped (numbers never are).
 TEXT_MIN_WIDTH = 14
 #: Columns never dropped for width.
@@ -137,12 +140,24 @@ def cell(col: str, value: object) -> str:
             return f"{value:.1f}%"
         if isinstance(value, float):
             return f"{value:,.2f}" if unit in ("GB/s", "ratio") else f"{value:.4g}"
-        return f"{value:,}" if col not in ("rank", "device", "src_rank", "dst_rank") else str(value)
+        return str(value) if col in ID_COLUMNS else f"{value:,}"
     return str(value)
 
 
-def label(col: str) -> str:
-    """Header of a column: words plus unit ('span ms', 'bubble %', 'IB bytes')."""
+#: Headers of a CPU-only trace: threads, not streams; host time, not GPU time.
+HOST_LABELS = {
+    "stream": "thread",
+    "gpu_span_ns": "host span ms",
+    "compute_busy_ns": "compute ms",
+    "kernels": "ops",
+}
+
+
+def label(col: str, host: bool = False) -> str:
+    """Header of a column: words plus unit ('span ms', 'bubble %', 'IB bytes');
+    ``host``: the wording of CPU-only traces ('thread', 'host span ms')."""
+    if host and col in HOST_LABELS:
+        return HOST_LABELS[col]
     if col in LABELS:
         return LABELS[col]
     unit = column_unit(col)
@@ -184,7 +199,7 @@ TEXT_MAX_WIDTH = 40
 
 
 def _natural_width(col: str, cells: list[str], text: bool) -> int:
-    head = len(label(col)) if not text else max(len(w) for w in label(col).split())
+    head = max(len(label(col)), len(label(col, host=True)))
     return max([head, *(len(c) for c in cells)])
 
 
@@ -236,6 +251,7 @@ def frame_table(
     title: str,
     console: Console | None = None,
     caption_columns: bool = True,
+    host: bool = False,
 ) -> list[str]:
     """Print ``df``'s ``columns`` as a rich table that fits the console; returns the
     columns dropped for width. Fraction columns shown get a caption saying what
@@ -246,10 +262,10 @@ def frame_table(
     for c in shown:
         if df.schema[c] == pl.Utf8:
             prose = c in PROSE
-            t.add_column(label(c), overflow="fold" if prose else "ellipsis", no_wrap=not prose,
-                         width=widths[c])
+            t.add_column(label(c, host), overflow="fold" if prose else "ellipsis",
+                         no_wrap=not prose, width=widths[c])
         else:
-            t.add_column(label(c), no_wrap=True, justify="right", width=widths[c])
+            t.add_column(label(c, host), no_wrap=True, justify="right", width=widths[c])
     for i in range(df.height):
         t.add_row(*(Text(cells[c][i]) for c in shown))
     if caption_columns:
@@ -296,6 +312,8 @@ def _facts_lines(rep: Report) -> list[str]:
         how = "" if src is None else (" (annotation found)" if src else
                                       " (not found on every device: whole trace used there)")
         lines.append(f"window: annotations matching {window!r}{how}")
+    if f.get("time_axis") == "corrected":
+        lines.append("times: ranks' clocks aligned (see the skew table; --align none for raw)")
     if f.get("definition"):
         lines.append(f"overlap: {f['definition']}")
     return lines
@@ -317,8 +335,10 @@ def tables(reports: Sequence[Report], wanted: Sequence[str]) -> None:
                 style = "red" if name in rep.failures else "dim"
                 out.print(Text(f"{name}: {rep.status(name)}", style=style))
                 continue
-            cols = [c for c in spec.display if c in df.columns]
-            frame_table(df, cols, title=f"{name}: {spec.meaning}")
+            host = rep.facts.get("trace_kind") == "cpu"
+            # A CPU-only trace has one "device", the host: the column says nothing.
+            cols = [c for c in spec.display if c in df.columns and not (host and c == "device")]
+            frame_table(df, cols, title=f"{name}: {spec.meaning}", host=host)
         for note in rep.notes:
             out.print(Text.assemble(("note: ", "yellow"), note))
 

@@ -32,6 +32,14 @@ class Format(StrEnum):
     markdown = "markdown"
 
 
+class Align(StrEnum):
+    """Clock alignment of multi-rank runs."""
+
+    auto = "auto"
+    on = "on"
+    none = "none"
+
+
 class Engine(StrEnum):
     """Where per-run work runs."""
 
@@ -150,6 +158,15 @@ def register(app: typer.Typer) -> None:
                 help="Exit 0 even when a table failed to build (it is still listed).",
             ),
         ] = False,
+        align: Annotated[
+            Align,
+            typer.Option(
+                help="Put all ranks on one time axis by estimating each rank's clock offset "
+                "and drift from collectives and send/receive pairs: auto = correct when the "
+                "skew is significant or causality is violated; on = whenever anchors exist; "
+                "none = raw timestamps. The skew table reports the estimate."
+            ),
+        ] = Align.auto,
         workers: Annotated[
             int | None,
             typer.Option(min=1, help="Worker processes (default: 1 for small inputs, else "
@@ -176,6 +193,7 @@ def register(app: typer.Typer) -> None:
         options = ReportOptions(
             window=window, rules_file=rules, top=top, hta_compat=hta_compat,
             gpus_per_node=gpus_per_node, annotation_detail=annotation_detail,
+            align=align.value,
         )
         show = (
             fmt == Format.table

@@ -60,6 +60,68 @@ _OPTION_KEYS = {
 }
 
 
+_UNITS_MS = {"ns": 1e-6, "us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _duration_ms(text: str, option: str) -> float:
+    """``20ms``, ``500us``, ``0.02s``, ``1000ns`` or a bare number (ms), signed -> ms."""
+    t = text.strip()
+    for unit in sorted(_UNITS_MS, key=len, reverse=True):
+        if t.endswith(unit):
+            number, factor = t[: -len(unit)], _UNITS_MS[unit]
+            break
+    else:
+        number, factor = t, 1.0
+    try:
+        return float(number) * factor
+    except ValueError:
+        raise ValueError(f"{option}: {text!r} is not a duration (e.g. 20ms, 500us, 0.02s)"
+                         ) from None
+
+
+def parse_inject_delay(text: str) -> dict[str, Any]:
+    """``RANK:PHASE:DURATION`` (the phase may hold colons) -> {"rank", "phase", "ms"}."""
+    rank, sep, rest = text.partition(":")
+    phase, sep2, duration = rest.rpartition(":")
+    if not sep or not sep2 or not phase:
+        raise ValueError(f"--inject-delay expects RANK:PHASE:DURATION (e.g. 5:attn(F):20ms), "
+                         f"got {text!r}")
+    try:
+        r = int(rank)
+    except ValueError:
+        raise ValueError(f"--inject-delay: rank {rank!r} is not an integer") from None
+    ms = _duration_ms(duration, "--inject-delay")
+    if ms < 0:
+        raise ValueError(f"--inject-delay: the delay must be >= 0, got {duration!r}")
+    return {"rank": r, "phase": phase, "ms": ms}
+
+
+def parse_clock_skew(items: list[str]) -> dict[int, dict[str, Any]]:
+    """``RANK:OFFSET:DRIFT`` items (offset e.g. ``+2ms``, ``-500us``; drift ``10ppm`` or a
+    number of ppm; the drift part is optional) -> {rank: {"offset_ns", "drift_ppm"}}."""
+    out: dict[int, dict[str, Any]] = {}
+    for item in items:
+        parts = item.split(":")
+        if len(parts) not in (2, 3):
+            raise ValueError(f"--clock-skew expects RANK:OFFSET[:DRIFT] (e.g. 3:+2ms:10ppm), "
+                             f"got {item!r}")
+        try:
+            rank = int(parts[0])
+        except ValueError:
+            raise ValueError(f"--clock-skew: rank {parts[0]!r} is not an integer") from None
+        offset_ns = round(_duration_ms(parts[1], "--clock-skew") * 1e6)
+        drift = 0.0
+        if len(parts) == 3:
+            d = parts[2].strip().removesuffix("ppm")
+            try:
+                drift = float(d)
+            except ValueError:
+                raise ValueError(f"--clock-skew: drift {parts[2]!r} is not a number of ppm"
+                                 ) from None
+        out[rank] = {"offset_ns": offset_ns, "drift_ppm": drift}
+    return out
+
+
 def check_set_keys(workload: str, extra: dict[str, Any]) -> None:
     """Refuse ``--set`` keys the workload does not read (ValueError naming the known ones)."""
     from overlapscope.profiler.run import WORKLOAD_KEYS
@@ -190,6 +252,28 @@ def register(app: typer.Typer) -> None:
                 "--set", help="Extra workload config KEY=VALUE (JSON values), repeatable."
             ),
         ] = None,
+        inject_delay: Annotated[
+            str | None,
+            typer.Option(
+                help="Make one rank slow on purpose: RANK:PHASE:DURATION, e.g. "
+                "5:attn(F):20ms (every range of that name on that rank lasts 20 ms longer; "
+                "PHASE may be an fnmatch pattern). Recorded in run.json under inject.delay."
+            ),
+        ] = None,
+        clock_skew: Annotated[
+            list[str] | None,
+            typer.Option(
+                help="Skew one rank's written trace times on purpose: RANK:OFFSET[:DRIFT], "
+                "e.g. 3:+2ms:10ppm (repeatable). Recorded in run.json under inject.clock."
+            ),
+        ] = None,
+        clock_skew_seed: Annotated[
+            int | None,
+            typer.Option(
+                help="Random clock offset (±5 ms) and drift (±20 ppm) for every rank but 0, "
+                "from this seed (--clock-skew entries win)."
+            ),
+        ] = None,
     ) -> None:
         """Run an instrumented workload and write rank-<r>.json.gz traces plus run.json."""
         from overlapscope.profiler.run import (
@@ -212,6 +296,8 @@ def register(app: typer.Typer) -> None:
         try:
             extra = _parse_sets(set_ or [])
             check_set_keys(workload, extra)
+            delay = parse_inject_delay(inject_delay) if inject_delay else None
+            skew = parse_clock_skew(clock_skew or [])
         except ValueError as exc:
             raise refuse(str(exc)) from None
         if importlib.util.find_spec("torch") is None:
@@ -249,6 +335,9 @@ def register(app: typer.Typer) -> None:
             timeout_s=timeout,
             collective_timeout_s=collective_timeout,
             extra=extra,
+            inject_delay=delay,
+            clock_skew=skew or None,
+            clock_skew_seed=clock_skew_seed,
         )
         torchrun = is_torchrun_env()
         try:

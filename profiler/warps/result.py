@@ -81,7 +81,9 @@ class KernelResult:
 
         IB copies go to the GPU with the source's local index on each remote node;
         NVLink copies are counted at their final destination rank (dispatch) or
-        their source rank (combine: the rows come back from there).
+        their source rank (combine: the rows come back from there); the ranks with the
+        source's local index are the forwarders themselves, whose copies are local
+        (BRIEF §4.10), so their entries are 0.
         """
         cfg, p = self.cfg, self.plan
         gpn, local = cfg.gpus_per_node, cfg.src_rank % cfg.gpus_per_node
@@ -90,7 +92,8 @@ class KernelResult:
         for n in range(cfg.nodes):
             if n != cfg.src_node:
                 ib[n * gpn + local] = int(per_node[n]) * self.row_bytes
-        nvl = [int(x) * self.row_bytes for x in np.asarray(p.dest.sum(axis=0))]
+        nvl = [0 if d % gpn == local else int(x) * self.row_bytes
+               for d, x in enumerate(np.asarray(p.dest.sum(axis=0)))]
         return ib, nvl
 
     def trace_events(self, *, t0_us: float = 0.0) -> list[dict[str, Any]]:

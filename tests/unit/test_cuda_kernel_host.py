@@ -37,7 +37,9 @@ def test_plan_by_hand():
     assert plan.out_offset.tolist() == [[0, 0, 0, 0], [1, 1, 1, 0]]
     assert plan.out_rows == 2
     assert plan.ib_bytes == 3 * 16  # tokens 1, 2, 4 reach node 1
-    assert plan.nvl_bytes == 6 * 16  # 2 + 1 + 2 + 0 + 1 destination GPUs
+    # 6 destination GPUs (2 + 1 + 2 + 0 + 1), of which 2 are a forwarder itself
+    # (GPU 0 of node 0 for token 0, of node 1 for token 1): local, not NVLink
+    assert plan.nvl_bytes == 4 * 16 and plan.local_fwd_bytes == 2 * 16
     assert [r.tolist() for r in reference_rows(MASKS, SMALL)] == [[0], [0, 2], [1], [2, 4]]
 
 
@@ -72,7 +74,7 @@ RECORDS = _records([
     (1, 1, 0, 1_060, 1_065, 0, 1, -1),  # coordinator publishes
     (2, 2, 2, 1_000, 1_040, 0, 1, -1),  # forwarder waits for RDMA data
     (2, 2, 3, 1_040, 1_050, 0, 1, 0),  # forwarder waits for NVL space (10 ns)
-    (2, 2, 0, 1_050, 1_090, 800, 1, 0),  # forwarder -> NVLink
+    (2, 2, 0, 1_050, 1_090, 800, 1, 1),  # forwarder -> GPU (1, 1): NVLink
     (3, 3, 4, 1_000, 1_100, 0, 1, 0),  # receiver waits for data
     (3, 3, 0, 1_100, 1_200, 800, 1, 0),  # receiver -> local output
 ])

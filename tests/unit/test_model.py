@@ -111,3 +111,81 @@ def test_bad_configs_are_refused() -> None:
         ModelConfig.from_dict({"hiddn": 3})
     with pytest.raises(ValueError, match="does not match the config"):
         MoEBlock(CFG, 0, 0, 0, EPGroup(EPLayout.build(Topology(1, 2), None, 0, 8)))
+
+
+# -- where exchanges are issued ----------------------------------------------------------
+class _ThreadLog:
+    """Traffic hook remembering the native thread and phase of every record."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[int, str, str | None]] = []
+        self.routing: list[dict] = []
+
+    def record_traffic(self, name, collective, hop, dst_bytes, phase, t0, t1, dtype) -> None:
+        import threading
+
+        self.records.append((threading.get_native_id(), collective, phase))
+
+    def record_routing(self, stats: dict) -> None:
+        self.routing.append(stats)
+
+
+def test_every_exchange_of_a_plain_forward_and_backward_runs_on_the_comm_thread(
+        monkeypatch) -> None:
+    """Plain (unpaired) block forward + backward on each rank's main thread: layout,
+    dispatch and combine, forward and backward halves, are all issued on the rank's comm
+    thread (on CUDA the same path issues them on the side stream, tests/gpu)."""
+    from fake_dist import FakeDist, run_threads
+
+    from overlapscope.profiler import dispatch as D
+    from overlapscope.profiler.comm_stream import ThreadCommStream
+
+    fake = FakeDist()
+    monkeypatch.setattr(D, "dist", fake)
+    topo = Topology(2, 2)
+    cfg = CFG.with_(max_nodes=1)
+
+    def rank_main(r: int) -> dict:
+        import threading
+
+        log = _ThreadLog()
+        with ThreadCommStream() as stream:
+            fake.ranks[stream.native_id] = r
+            ep = EPGroup(EPLayout.build(topo, None, r, cfg.n_experts), None, log, stream=stream)
+            block = MoEBlock(cfg, 7, 0, 0, ep)
+            x, target = make_batch(cfg, 2, 4, 7, r)
+            x.requires_grad_(True)
+            ((block(x) - target) ** 2).sum().backward()
+            return {"main": threading.get_native_id(), "comm": stream.native_id,
+                    "records": log.records, "routing": log.routing,
+                    "grad": x.grad is not None}
+
+    for res in run_threads(fake, topo.world_size, rank_main):
+        assert res["grad"]
+        threads = {tid for tid, _, _ in res["records"]}
+        assert threads == {res["comm"]} and res["main"] not in threads
+        phases = {(c, p) for _, c, p in res["records"]}
+        assert {("two_hop_dispatch", "dispatch(F)"), ("two_hop_combine", "combine(F)"),
+                ("two_hop_combine", "dispatch(B)"),  # dispatch's backward is a combine
+                ("two_hop_dispatch", "combine(B)")} <= phases
+        # routing statistics of the one forward dispatch: node limit M = 1 of 2 nodes
+        (stats,) = res["routing"]
+        assert stats["tokens"] == 8 and stats["max_nodes"] == 1 and stats["nodes"] == 2
+        assert stats["ib_bytes_saved"] == stats["ib_bytes_unlimited"] - stats["ib_bytes"] >= 0
+        assert stats["tokens_over_limit"] <= stats["tokens_redirected"] <= stats["tokens"]
+
+
+def test_node_limit_stats_by_hand() -> None:
+    from overlapscope.profiler.routing import node_limit_stats
+
+    # 2 nodes x 2 GPUs, 1 expert per GPU; source = node 0, local 0
+    limited = torch.tensor([[0, 1], [2, 3], [0, 1]])
+    free = torch.tensor([[0, 2], [2, 3], [1, 0]])  # token 0 spans 2 nodes unlimited
+    s = node_limit_stats(limited, free, n_nodes=2, gpus_per_node=2, experts_per_gpu=1,
+                         src_node=0, src_local=0, bytes_per_token=10, max_nodes=1)
+    assert s["tokens"] == 3 and s["tokens_redirected"] == 1 and s["tokens_over_limit"] == 1
+    assert (s["ib_copies"], s["ib_copies_unlimited"]) == (1, 2)
+    assert s["ib_bytes_saved"] == 10
+    # NVLink: token 0 -> GPU 1 (1 copy), token 1 -> node 1 GPU 3 (GPU 2 is the forwarder),
+    # token 2 -> GPU 1; unlimited: token 0 -> GPU 2 is the forwarder itself (0 copies)
+    assert (s["nvl_copies"], s["nvl_copies_unlimited"]) == (3, 2)

@@ -10,6 +10,8 @@ import json
 import threading
 import time
 
+from decimal import Decimal
+
 import msgspec
 import pytest
 from typer.testing import CliRunner
@@ -353,3 +355,192 @@ def test_skipped_warmup_steps_are_not_recorded(tmp_path) -> None:
     names = {e.get("name") for e in events}
     assert "measured_step" in names and "warmup_step" not in names
     assert [e["name"] for e in events if e.get("cat") == "comm_traffic"] == ["y:local"]
+
+
+def test_comm_stream_setup_failure_raises_instead_of_hanging() -> None:
+    from overlapscope.profiler.comm_stream import ThreadCommStream
+
+    class Broken(ThreadCommStream):
+        def _setup(self) -> None:
+            raise RuntimeError("CUDA error: invalid device ordinal")
+
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="comm stream setup failed.*invalid device ordinal"):
+        Broken()
+    assert time.monotonic() - t0 < 5
+
+
+def test_comm_stream_call_runs_on_the_worker_and_inline_there() -> None:
+    import threading
+
+    from overlapscope.profiler.comm_stream import ThreadCommStream
+
+    with ThreadCommStream() as s:
+        assert s.call(threading.get_native_id) == s.native_id
+        # a call made on the worker itself runs inline (no self-deadlock)
+        assert s.submit(lambda: s.call(threading.get_native_id)).result(5) == s.native_id
+
+
+def test_protect_walks_plans_dataclasses_and_containers() -> None:
+    from dataclasses import dataclass
+
+    from overlapscope.profiler.comm_stream import walk_tensors
+
+    @dataclass
+    class Box:
+        a: torch.Tensor
+        rest: list
+
+    class Plan:
+        _walk_tensors = True
+
+        def __init__(self) -> None:
+            self.idx = torch.zeros(2)
+            self.module = torch.nn.Linear(2, 2)  # modules are not walked
+
+    class Opaque:
+        def __init__(self) -> None:
+            self.hidden = torch.zeros(3)
+
+    t1, t2 = torch.ones(1), torch.ones(2)
+    plan = Plan()
+    seen: list[torch.Tensor] = []
+    walk_tensors(({"x": Box(t1, [t2, t1])}, plan, Opaque()), seen.append)
+    assert [id(t) for t in seen] == [id(t1), id(t2), id(plan.idx)]
+
+
+# -- slow and skewed on purpose -----------------------------------------------------------
+def test_skew_trace_maps_every_time_exactly() -> None:
+    base = 1_700_000_000_000_000_000
+    doc = (b'{"baseTimeNanoseconds": %d, "traceEvents": [\n'
+           b'{"ph": "X", "name": "a", "ts": 1000.250, "dur": 2000.000, "args": {"ts": 1}},\n'
+           b'{"ph": "i", "name": "b", "ts": 5e3},\n'
+           b'{"ph": "M", "name": "process_name", "args": {"name": "x"}}]}' % base)
+    ref = base + 400_000
+    out = json.loads(augment.skew_trace(doc, offset_ns=2_000_000, drift_ppm=10.0,
+                                        ref_unix_ns=ref))
+    a, b, m = out["traceEvents"]
+
+    def skew(t: int) -> int:
+        return t + 2_000_000 + round(10.0 * (t - ref) / 1e6)
+
+    t0, t1 = base + 1_000_250, base + 3_000_250
+    assert round(float(a["ts"]) * 1000) == skew(t0) - base
+    assert round((float(a["ts"]) + float(a["dur"])) * 1000) == skew(t1) - base
+    assert a["args"] == {"ts": 1}  # nested members untouched
+    assert round(float(b["ts"]) * 1000) == skew(base + 5_000_000) - base
+    assert "ts" not in m and out["baseTimeNanoseconds"] == base
+
+
+def test_injected_delay_and_clock_skew_show_in_the_trace(tmp_path, monkeypatch) -> None:
+    """The delayed phase lasts >= the delay longer, only on the named rank's session; every
+    written time is the true time shifted by exactly offset + drift * (t - ref)."""
+    captured: dict[str, bytes] = {}
+    real = augment.skew_trace
+
+    def spy(data: bytes, **kw) -> bytes:
+        captured["before"] = data
+        captured["after"] = real(data, **kw)
+        return captured["after"]
+
+    monkeypatch.setattr(augment, "skew_trace", spy)
+    ref = time.time_ns()
+    skew = {"offset_ns": 2_000_000, "drift_ppm": 10.0, "ref_unix_ns": ref}
+    with ProfileSession(tmp_path, rank=0, world_size=1, cuda=False,
+                        inject_delay={"rank": 0, "phase": "attn(F)", "ms": 20},
+                        clock_skew=skew) as session:
+        for _ in range(2):
+            with session.annotate("attn(F)"):
+                torch.ones(8).sum()
+            with session.annotate("attn(B)"):
+                torch.ones(8).sum()
+        t0 = now_ns()
+        session.record_traffic("x:local", "x", "local", [8], None, t0, t0 + 5000, "float32")
+        session.step()
+    assert session.delays_applied == 2
+    # exact decimals: Kineto's ts are large enough that float64 loses nanoseconds
+    doc = json.loads(gzip.decompress((tmp_path / "rank-0.json.gz").read_bytes()),
+                     parse_float=Decimal)
+    spans = {}
+    for e in doc["traceEvents"]:
+        if e.get("ph") == "X" and e["name"] in ("attn(F)", "attn(B)"):
+            spans.setdefault(e["name"], []).append(float(e["dur"]))
+    assert len(spans["attn(F)"]) == 2 and min(spans["attn(F)"]) >= 20_000 * (1 + 10e-6)
+    assert max(spans["attn(B)"]) < 20_000
+    # the traffic record, whose true time we know to the nanosecond
+    base = doc["baseTimeNanoseconds"]
+    (tr,) = [e for e in doc["traceEvents"] if e.get("cat") == "comm_traffic"]
+    true0 = t0 + session._mono_to_unix_ns
+    assert int(Decimal(tr["ts"]) * 1000) == augment.skew_ns(true0, **skew) - base
+    # every event: skewed = true + offset + drift * (true - ref), ends included
+    before = json.loads(captured["before"], parse_float=Decimal)["traceEvents"]
+    after = doc["traceEvents"]
+    assert len(before) == len(after) > 10
+    for e0, e1 in zip(before, after, strict=True):
+        if "ts" not in e0:
+            continue
+        s0 = base + int(Decimal(e0["ts"]) * 1000)
+        assert int(Decimal(e1["ts"]) * 1000) == augment.skew_ns(s0, **skew) - base
+        if "dur" in e0:
+            end = s0 + int(Decimal(e0["dur"]) * 1000)
+            got = int((Decimal(e1["ts"]) + Decimal(e1["dur"])) * 1000)
+            assert got == augment.skew_ns(end, **skew) - base
+
+
+def test_delay_for_another_rank_is_ignored_and_patterns_match(tmp_path) -> None:
+    with ProfileSession(tmp_path, rank=1, world_size=2, cuda=False, write_run_json=False,
+                        inject_delay={"rank": 0, "phase": "attn(F)", "ms": 50}) as s:
+        assert s.inject_delay is None
+    s2 = ProfileSession(tmp_path, rank=0, world_size=1, enabled=False, write_run_json=False,
+                        inject_delay={"rank": 0, "phase": "dualpipe:F:*", "ms": 1})
+    assert s2._delay_matches("dualpipe:F:mb=3:stage=1") and not s2._delay_matches("attn(F)")
+
+
+def test_cli_parses_injection_options() -> None:
+    from overlapscope.app.commands.profile import parse_clock_skew, parse_inject_delay
+
+    assert parse_inject_delay("5:attn(F):20ms") == {"rank": 5, "phase": "attn(F)", "ms": 20.0}
+    assert parse_inject_delay("0:dualpipe:F:mb=1:stage=0:0.5s")["phase"] == \
+        "dualpipe:F:mb=1:stage=0"
+    assert parse_clock_skew(["3:+2ms:10ppm", "1:-500us"]) == {
+        3: {"offset_ns": 2_000_000, "drift_ppm": 10.0}, 1: {"offset_ns": -500_000,
+                                                           "drift_ppm": 0.0}}
+    with pytest.raises(ValueError, match="RANK:PHASE:DURATION"):
+        parse_inject_delay("attn(F)")
+    with pytest.raises(ValueError, match="ppm"):
+        parse_clock_skew(["1:2ms:fast"])
+
+
+def test_resolve_checks_injection_and_expands_a_seed() -> None:
+    from overlapscope.profiler.run import ConfigError, RunConfig, inject_manifest, resolve
+
+    cfg = resolve(RunConfig(workload="smoke", nodes=1, gpus_per_node=4, clock_skew_seed=7,
+                            clock_skew={2: {"offset_ns": 5, "drift_ppm": 1.5}},
+                            inject_delay={"rank": 3, "phase": "x", "ms": 2}), check_import=False)
+    assert sorted(cfg.clock_skew) == [1, 2, 3] and cfg.clock_skew[2] == {
+        "offset_ns": 5, "drift_ppm": 1.5}
+    assert all(abs(e["offset_ns"]) <= 5e6 and abs(e["drift_ppm"]) <= 20
+               for e in cfg.clock_skew.values())
+    again = resolve(RunConfig(workload="smoke", nodes=1, gpus_per_node=4, clock_skew_seed=7),
+                    check_import=False)
+    assert again.clock_skew[1] == cfg.clock_skew[1]  # the seed decides
+    man = inject_manifest(cfg, 123)
+    assert man["delay"] == {"rank": 3, "phase": "x", "ms": 2.0}
+    assert man["clock"]["2"] == {"offset_ns": 5, "drift_ppm": 1.5, "ref_unix_ns": 123}
+    with pytest.raises(ConfigError, match="--inject-delay"):
+        resolve(RunConfig(workload="smoke", nodes=1, gpus_per_node=2,
+                          inject_delay={"rank": 2, "phase": "x", "ms": 1}), check_import=False)
+    with pytest.raises(ConfigError, match="--clock-skew"):
+        resolve(RunConfig(workload="smoke", nodes=1, gpus_per_node=2,
+                          clock_skew={5: {"offset_ns": 1}}), check_import=False)
+    assert inject_manifest(resolve(RunConfig(workload="smoke"), check_import=False), None) is None
+
+
+def test_nccl_with_fewer_gpus_than_ranks_is_refused_before_launch(monkeypatch) -> None:
+    from overlapscope.profiler.run import ConfigError, pick_backend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match="one GPU per rank: 4 ranks .* only 2 GPU"):
+        pick_backend("nccl", 4)
+    assert pick_backend("auto", 4) == "gloo" and pick_backend("nccl", 2) == "nccl"

@@ -104,8 +104,10 @@ def test_plan_dedups_per_gpu_and_node():
     # ceil(3 / 2) = 2 tokens per channel: channel 0 = tokens 0-1, channel 1 = token 2
     assert plan.channel_start.tolist() == [0, 2] and plan.channel_end.tolist() == [2, 3]
     assert plan.n_chunks(0) == 2 and plan.locate(2) == (1, 0)
-    # source rank 0 is on node 0: remote (token, node) pairs = t1->n1, t2->n1
-    assert routing_bytes(plan, cfg) == (2 * 10, 5 * 10)
+    # source rank 0 is on node 0: remote (token, node) pairs = t1->n1, t2->n1; NVLink
+    # copies = destination GPUs (5) minus those with the source's local index 0 (GPU 0
+    # for t0 and t1, GPU 2 for t2): the forwarder's copy to itself is local (BRIEF §4.10)
+    assert routing_bytes(plan, cfg) == (2 * 10, 2 * 10)
 
 
 # -- timing worked out by hand -------------------------------------------------------
@@ -114,7 +116,8 @@ def test_single_token_timeline_by_hand():
     # publishes (10 ns) -> 110; forwarder copies 100 B -> 210; receiver 100 B -> 310.
     res = emulate_dispatch(tiny_cfg(), topk_ids=np.array([[1]]))
     assert res.kernel_ns == 310
-    assert res.link_bytes == {"ib": 100, "nvl": 100, "local": 100}
+    # one GPU per node: the forwarder's copy goes to itself (local, not NVLink)
+    assert res.link_bytes == {"ib": 100, "nvl": 0, "local": 200}
     frame = res.frame()
     fwd = frame.filter(frame["role"] == S.FORWARDER, frame["state"] == S.BUSY,
                        frame["bytes"] > 0)
@@ -156,7 +159,9 @@ def test_outputs_equal_direct_gather_and_bytes_equal_arithmetic():
     gpus = [{int(e) // 4 for e in row} for row in topk]
     remote = sum(len({g // 4 for g in gs} - {1}) for gs in gpus)  # rank 5 is on node 1
     assert res.link_bytes["ib"] == remote * 64 == res.expected_ib_bytes
-    assert res.link_bytes["nvl"] == sum(len(gs) for gs in gpus) * 64 == res.expected_nvl_bytes
+    # NVLink: every destination GPU but the forwarders themselves (local index 1 = rank 5's)
+    nvl = sum(len({g for g in gs if g % 4 != 1}) for gs in gpus)
+    assert res.link_bytes["nvl"] == nvl * 64 == res.expected_nvl_bytes
     for d in range(8):
         rows = [t for t, gs in enumerate(gpus) if d in gs]
         assert np.array_equal(res.outputs[d], res.inputs[rows])
@@ -210,5 +215,7 @@ def test_combine_sums_partials_and_counts_bytes():
     assert np.array_equal(res.outputs, want)
     remote = sum(len({g // 2 for g in gs} - {0}) for gs in gpus)
     assert res.link_bytes["ib"] == remote * 100
-    assert res.link_bytes["nvl"] == sum(len(gs) for gs in gpus) * 100
+    # partials of the forwarder's own GPU (local index 0) do not cross NVLink
+    assert res.link_bytes["nvl"] == sum(len({g for g in gs if g % 2 != 0}) for gs in gpus) * 100
+    assert res.link_bytes["nvl"] == res.expected_nvl_bytes
     assert set(res.role_busy) == {S.NVL_SENDER, S.COMBINE_FORWARDER, S.RDMA_RECEIVER}
