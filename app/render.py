@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator, Sequence
 
 import polars as pl
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -223,7 +224,7 @@ def fit_columns(
 
     def total(cols: list[str], squeeze: bool) -> int:
         w = [min(need[c], TEXT_MIN_WIDTH) if squeeze and c in text else need[c] for c in cols]
-        return sum(w) + 3 * len(cols) + 1
+        return sum(w) + 3 * len(cols) - 3  # padding 1+1 per column, 1 between columns
 
     shown = list(columns)
     dropped: list[str] = []
@@ -235,7 +236,7 @@ def fit_columns(
         dropped.insert(0, victim)
     # Give the room left to text columns, in order, up to their natural width.
     widths = {c: (min(need[c], TEXT_MIN_WIDTH) if c in text else need[c]) for c in shown}
-    spare = width - (sum(widths.values()) + 3 * len(shown) + 1)
+    spare = width - (sum(widths.values()) + 3 * len(shown) - 3)
     for c in shown:
         if c in text and spare > 0:
             grow = min(spare, need[c] - widths[c])
@@ -258,7 +259,9 @@ def frame_table(
     they are a fraction of."""
     console = console or out
     shown, dropped, cells, widths = fit_columns(df, columns, console.width)
-    t = Table(title=title, title_justify="left", show_lines=False, pad_edge=False)
+    # No vertical rules: columns are aligned by spacing, which reads well piped into logs.
+    t = Table(title=title, title_justify="left", show_lines=False, pad_edge=False,
+              box=box.SIMPLE_HEAD, show_edge=False)
     for c in shown:
         if df.schema[c] == pl.Utf8:
             prose = c in PROSE
@@ -276,8 +279,8 @@ def frame_table(
             t.caption_justify = "left"
     console.print(t)
     if dropped:
-        console.print(Text(f"  (not shown at {console.width} columns: {', '.join(dropped)}; "
-                           "use --format csv|json|markdown or a wider terminal)", style="dim"))
+        console.print(Text(f"  ({console.width} columns hide: {', '.join(dropped)}; "
+                           "see --format csv|json)", style="dim"))
     return dropped
 
 

@@ -1,9 +1,10 @@
 """False-fail rate of a relative gate on A/A pairs, and detection rate on changed pairs.
 
-An A/A pair is the same ``overlapscope profile`` command run twice. The profiler has
-no delay injection yet, so regressions are made two ways: (1) a changed run with one
-controlled workload change (default ``--set overlap_comm=false``: a DualPipe pair's
-communication runs inline on the main thread instead of on the comm thread), and
+An A/A pair is the same ``overlapscope profile`` command run twice. Regressions are
+made two ways: (1) a changed run with extra profile arguments (``--change``: e.g.
+``--inject-delay 1:attn(F):20ms``, the profiler's delay injection, or
+``--set overlap_comm=false``: a DualPipe pair's communication inline on the main
+thread instead of on the comm thread), and
 (2) the second run of each A/A pair with a regression injected into its traces:
 every communication host op (``gloo:*``, ``c10d::*``, ``nccl*``) lengthened by
 ``--stretch`` (e.g. 0.2 = +20 %). For each pair the gate (default
@@ -12,6 +13,9 @@ significance requirement (per-step samples, Mann-Whitney U / bootstrap).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/aa_gate_rates.py --pairs 10 \
         --out /tmp/overlapscope_aa --stretch 0.2 0.5
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/aa_gate_rates.py --pairs 10 \
+        --out /tmp/overlapscope_aa --stretch --change "--inject-delay 1:attn(F):20ms" \
+        --change-name delay
 
 Runs are kept under ``--out`` (reused when present). Prints a JSON summary.
 """
@@ -94,6 +98,8 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.05)
     ap.add_argument("--change", default="--set overlap_comm=false",
                     help="extra profile arguments of the changed run")
+    ap.add_argument("--change-name", default="b",
+                    help="directory prefix of the changed runs (one per set of --change)")
     ap.add_argument("--stretch", type=float, nargs="*", default=[0.2, 0.5],
                     help="comm-op stretch factors injected into the A/A pairs' second run")
     args = ap.parse_args()
@@ -103,7 +109,7 @@ def main() -> None:
     for i in range(args.pairs):
         a = profile(args.out / f"a{i}", [])
         a2 = profile(args.out / f"a{i}_again", [])
-        b = profile(args.out / f"b{i}", args.change.split())
+        b = profile(args.out / f"{args.change_name}{i}", args.change.split())
         aa.append(verdicts(a, a2, args.gate, args.alpha))
         ab.append(verdicts(a, b, args.gate, args.alpha))
         for x in args.stretch:

@@ -230,10 +230,13 @@ class Gate(nn.Module):
                                    max_nodes=c.max_nodes, node_score=c.node_score)
         free = None
         if unlimited:
-            with torch.no_grad():
-                free, _ = node_limited_topk(affinity.detach(), self.bias, n_nodes=c.ep_nodes,
-                                            top_k=c.top_k, max_nodes=c.ep_nodes,
-                                            node_score=c.node_score)
+            # the NumPy twin of the gate (same rule and tie-breaking) on the biased scores,
+            # so the statistics add no operator to a profiled trace
+            from overlapscope.profiler.warps.plan import node_limited_topk as np_topk
+
+            biased = (affinity.detach() + self.bias.to(affinity.dtype)).cpu().numpy()
+            free = torch.from_numpy(np_topk(biased, n_nodes=c.ep_nodes, top_k=c.top_k,
+                                            max_nodes=c.ep_nodes, node_score=c.node_score))
         return ids, w, free
 
 
@@ -325,7 +328,7 @@ class MoEBlock(nn.Module):
             return
         lay = self.ep.layout
         self.ep.hook.record_routing(node_limit_stats(  # type: ignore[union-attr]
-            a.topk_ids.detach().cpu(), a.unlimited_ids.cpu(), n_nodes=lay.shape.n_nodes,
+            a.topk_ids, a.unlimited_ids, n_nodes=lay.shape.n_nodes,
             gpus_per_node=lay.shape.gpus_per_node, experts_per_gpu=lay.shape.experts_per_rank,
             src_node=lay.node, src_local=lay.local, bytes_per_token=row_bytes,
             max_nodes=self.cfg.max_nodes))

@@ -229,9 +229,27 @@ ROUTING_COUNT_KEYS = (
 )
 
 
+def _copies_np(ids: Any, n_nodes: int, gpus_per_node: int, experts_per_gpu: int,
+               src_node: int, src_local: int) -> tuple[Any, Any, Any]:
+    """Per token (NumPy): destination nodes, IB copies, NVLink copies (BRIEF §4.10)."""
+    import numpy as np
+
+    ids = np.asarray(ids, dtype=np.int64)
+    t = ids.shape[0]
+    hit = np.zeros((t, n_nodes * gpus_per_node), dtype=bool)
+    hit[np.repeat(np.arange(t), ids.shape[1]), (ids // experts_per_gpu).reshape(-1)] = True
+    hit3 = hit.reshape(t, n_nodes, gpus_per_node)
+    per_node = hit3.sum(-1)
+    node_hit = per_node > 0
+    nodes = node_hit.sum(-1)
+    ib = nodes - node_hit[:, src_node]
+    nvl = (per_node - hit3[:, :, src_local]).sum(-1)
+    return nodes, ib, nvl
+
+
 def node_limit_stats(
-    limited_ids: torch.Tensor,
-    unlimited_ids: torch.Tensor,
+    limited_ids: Any,
+    unlimited_ids: Any,
     *,
     n_nodes: int,
     gpus_per_node: int,
@@ -244,7 +262,8 @@ def node_limit_stats(
     """What the node limit did to one source rank's batch (counts, JSON-ready ints).
 
     ``limited_ids`` are the gate's choice under the limit ``max_nodes``, ``unlimited_ids``
-    the same gate's choice with no limit (``max_nodes = n_nodes``), both [T, k].
+    the same gate's choice with no limit (``max_nodes = n_nodes``), both [T, k] (tensors
+    or arrays; computed in NumPy so no operator lands in a profiled trace).
     ``tokens_redirected``: tokens whose expert set the limit changed;
     ``tokens_over_limit``: tokens whose unlimited choice spans more than ``max_nodes``
     nodes; ``ib_copies`` / ``nvl_copies`` (and ``*_unlimited``): hop-1 copies to remote
@@ -252,26 +271,27 @@ def node_limit_stats(
     §4.10); bytes = copies x ``bytes_per_token``; ``ib_bytes_saved`` = unlimited -
     limited IB bytes. ``dispatches`` is 1 (a session sums these dicts).
     """
-    common = dict(n_nodes=n_nodes, gpus_per_node=gpus_per_node,
-                  experts_per_gpu=experts_per_gpu, src_node=src_node, src_local=src_local)
-    lim = routing_stats(limited_ids, **common)
-    unl = routing_stats(unlimited_ids, **common)
-    same = (torch.sort(limited_ids.long(), dim=1).values
-            == torch.sort(unlimited_ids.long(), dim=1).values).all(dim=1)
-    ib = int(lim["per_token"]["ib_copies"].sum())
-    ib_u = int(unl["per_token"]["ib_copies"].sum())
-    nvl = int(lim["per_token"]["nvl_copies"].sum())
-    nvl_u = int(unl["per_token"]["nvl_copies"].sum())
+    import numpy as np
+
+    def arr(x: Any) -> Any:
+        return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+    lim_ids, free_ids = arr(limited_ids).astype(np.int64), arr(unlimited_ids).astype(np.int64)
+    common = (n_nodes, gpus_per_node, experts_per_gpu, src_node, src_local)
+    _, ib_l, nvl_l = _copies_np(lim_ids, *common)
+    nodes_u, ib_u, nvl_u = _copies_np(free_ids, *common)
+    same = (np.sort(lim_ids, axis=1) == np.sort(free_ids, axis=1)).all(axis=1)
+    ib, ibu, nvl, nvlu = (int(v.sum()) for v in (ib_l, ib_u, nvl_l, nvl_u))
     b = int(bytes_per_token)
     return {
         "dispatches": 1,
-        "tokens": int(limited_ids.shape[0]),
+        "tokens": int(lim_ids.shape[0]),
         "tokens_redirected": int((~same).sum()),
-        "tokens_over_limit": int((unl["per_token"]["nodes"] > max_nodes).sum()),
-        "ib_copies": ib, "ib_copies_unlimited": ib_u,
-        "ib_bytes": ib * b, "ib_bytes_unlimited": ib_u * b, "ib_bytes_saved": (ib_u - ib) * b,
-        "nvl_copies": nvl, "nvl_copies_unlimited": nvl_u,
-        "nvl_bytes": nvl * b, "nvl_bytes_unlimited": nvl_u * b,
+        "tokens_over_limit": int((nodes_u > max_nodes).sum()),
+        "ib_copies": ib, "ib_copies_unlimited": ibu,
+        "ib_bytes": ib * b, "ib_bytes_unlimited": ibu * b, "ib_bytes_saved": (ibu - ib) * b,
+        "nvl_copies": nvl, "nvl_copies_unlimited": nvlu,
+        "nvl_bytes": nvl * b, "nvl_bytes_unlimited": nvlu * b,
         "max_nodes": int(max_nodes), "nodes": int(n_nodes),
         "bytes_per_token": b,
     }

@@ -10,7 +10,11 @@ $OS analyze sample_traces/h200/gpu_overlap_rank0.json.gz sample_traces/h200/gpu_
   sample_traces/h200/varsm_rank0.json.gz sample_traces/handmade --tables summary,streams,annotations
 if .venv/bin/python -c "import torch" 2>/dev/null && $OS profile --help >/dev/null 2>&1; then
   echo "== Profiling a DualPipe MoE reference run on CPU (8 ranks on 2 simulated nodes)"
-  $OS profile --workload dualpipe-moe --schedule dualpipe --pp 4 --ep 2 --nodes 2 \
+  # PP 2 x EP 4: every expert group spans both nodes with 2 GPUs on each, and the node
+  # limit M = 1 < 2 nodes binds, so dispatch/combine cross IB *and* NVLink
+  $OS profile --workload dualpipe-moe --schedule dualpipe --pp 2 --ep 4 --nodes 2 \
     --gpus-per-node 4 --micro-batches 8 --out runs/demo --force   # --force: replace the last demo run
-  $OS analyze runs/demo --tables summary,annotations,pipeline,traffic
+  $OS analyze runs/demo --tables summary,annotations,pipeline,traffic,traffic_by_collective
+  echo "== Routing statistics of rank 0 (node limit: tokens redirected, IB bytes saved)"
+  .venv/bin/python -c "import json; r = json.load(open('runs/demo/run.json'))['ranks'][0]['routing']; print({k: r[k] for k in ('max_nodes', 'nodes', 'tokens', 'tokens_redirected', 'ib_bytes', 'ib_bytes_unlimited', 'ib_bytes_saved')})"
 fi

@@ -77,6 +77,7 @@ class _Source:
         except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
             raise Fallback from exc
         self._fd: int | None = None
+        self._buf = bytearray()
 
     @property
     def seekable_file(self) -> bool:
@@ -84,21 +85,40 @@ class _Source:
         return self.data is None
 
     def read(self, start: int, end: int) -> bytes | memoryview:
-        """Bytes [start, end) of the JSON text."""
+        """Bytes [start, end) of the JSON text (a fresh copy, or a view of the data)."""
         end = min(end, self.size)
         if start >= end:
             return b""
         if self.data is not None:
             return memoryview(self.data)[start:end]
+        out = os.pread(self._open(), end - start, start)
+        if len(out) != end - start:  # the file changed under us
+            raise Fallback
+        return out
+
+    def read_bracketed(self, start: int, end: int) -> memoryview:
+        """``[`` + bytes [start, end) + one spare byte, in a buffer reused between calls
+        (fresh pages cost more than the copy on some machines)."""
+        end = min(end, self.size)
+        n = max(0, end - start)
+        if len(self._buf) < n + 2:
+            self._buf = bytearray(n + 2)
+        view = memoryview(self._buf)[: n + 2]
+        view[0] = 0x5B  # "["
+        if n:
+            if self.data is not None:
+                view[1 : n + 1] = memoryview(self.data)[start:end]
+            elif os.preadv(self._open(), [view[1 : n + 1]], start) != n:
+                raise Fallback
+        return view
+
+    def _open(self) -> int:
         if self._fd is None:
             try:
                 self._fd = os.open(self.path, os.O_RDONLY)
             except OSError as exc:
                 raise Fallback from exc
-        out = os.pread(self._fd, end - start, start)
-        if len(out) != end - start:  # the file changed under us
-            raise Fallback
-        return out
+        return self._fd
 
     def close(self) -> None:
         if self._fd is not None:
@@ -143,15 +163,28 @@ def find_layout(src: _Source) -> Layout:
 
 def _last_boundary(buf: bytes | memoryview) -> tuple[int, int] | None:
     """(end of the last complete-looking event, start of the next) in ``buf``."""
-    data = buf if isinstance(buf, bytes) else bytes(buf)
-    i = len(data)
+    i = len(buf)
     while True:
-        i = data.rfind(b"}", 0, i)
+        i = _rfind(buf, b"}", i)
         if i < 0:
             return None
-        m = _SEP.match(data, i)
+        m = _SEP.match(buf, i)
         if m is not None:
             return i + 1, m.end() - 1
+
+
+def _rfind(buf: bytes | memoryview, needle: bytes, end: int) -> int:
+    """Last index of ``needle`` in buf[:end] (memoryviews have no rfind)."""
+    if isinstance(buf, bytes):
+        return buf.rfind(needle, 0, end)
+    step = 1 << 16
+    while end > 0:
+        lo = max(0, end - step)
+        i = bytes(buf[lo:end]).rfind(needle)
+        if i >= 0:
+            return lo + i
+        end = lo + len(needle) - 1 if lo else 0
+    return -1
 
 
 def cut_points(src: _Source, start: int, end: int, chunk_bytes: int) -> list[tuple[int, int]]:
@@ -193,9 +226,8 @@ class ChunkResult:
     text_times: bool
 
 
-def _decode_batch(data: bytes | memoryview, base: int) -> ChunkResult:
-    """Decode one batch of events text (no brackets) into frame parts."""
-    text = b"[" + data + b"]"
+def _decode_batch(text: memoryview, base: int) -> ChunkResult:
+    """Decode one batch, ``[`` + events text + ``]``, into frame parts."""
     try:
         all_events = D._EVENTS_DECODER.decode(text)
     except msgspec.MsgspecError as exc:
@@ -213,7 +245,6 @@ def _decode_batch(data: bytes | memoryview, base: int) -> ChunkResult:
         del times
     else:
         ts_ns, dur_ns = us_to_ns(ts_np), us_to_ns(dur_np)
-    del text
     skipped = 0
     if not usable.all():
         skipped = int((~usable).sum())
@@ -231,16 +262,19 @@ def decode_range(src: _Source, start: int, end: int, base: int,
     out: list[ChunkResult] = []
     pos = start
     while pos < end:
-        if end - pos <= chunk_bytes * 3 // 2:
-            out.append(_decode_batch(src.read(pos, end), base))
+        last = end - pos <= chunk_bytes * 3 // 2
+        n = end - pos if last else chunk_bytes
+        view = src.read_bracketed(pos, pos + n)
+        if last:
+            view[n + 1] = 0x5D  # "]"
+            out.append(_decode_batch(view, base))
             break
-        buf = src.read(pos, pos + chunk_bytes)
-        cut = _last_boundary(buf)
+        cut = _last_boundary(view[1 : n + 1])
         if cut is None:  # one event larger than a batch: take twice as much
             chunk_bytes *= 2
             continue
-        out.append(_decode_batch(memoryview(buf)[: cut[0]], base))
-        del buf
+        view[cut[0] + 1] = 0x5D  # "]" right after the last complete event
+        out.append(_decode_batch(view[: cut[0] + 2], base))
         pos += cut[1]
     return out
 
@@ -307,7 +341,10 @@ def _decode_parallel(src: _Source, layout: Layout, base: int, chunk_bytes: int,
                 out[i] = decode_range(src, a, b, base, chunk_bytes)
         for i, fut in enumerate(futures):
             if out[i] is None and fut is not None:
-                got = fut.result()
+                try:
+                    got = fut.result()
+                except Exception:  # noqa: BLE001 - a broken pool: do the range here
+                    got = decode_range(src, *ranges[i], base, chunk_bytes)
                 if got is None:
                     raise Fallback
                 out[i] = got

@@ -2,7 +2,10 @@
 
 Every combination of warps per role (senders, forwarders, receivers), channels
 (= SMs), chunk size and node limit runs once on the emulator (timing-only mode,
-one source rank, calibrated to the H200 fixture kernel). The best configurations
+one source rank) under a *link profile* (``--link-profile``): ``probe`` is fitted
+to our H200 probe kernel (~17 GB/s over IB), ``deepep`` stands for DeepEP-class
+kernels from their published figures (~45-58 GB/s RDMA, ~155 GB/s NVLink). The
+output names the profile its answer is for. The best configurations
 are printed with their predicted kernel time and bottleneck; the bottleneck of
 the shown rows comes from the warp-role analyzer (analyzers/warps.py) run on the
 emulator's per-warp events. With ``--out FILE.html`` every point goes to a
@@ -29,7 +32,7 @@ from rich.table import Table
 from overlapscope.analyzers.frames import WARP_EVENTS_SCHEMA
 from overlapscope.analyzers.warps import analyze_warps
 from overlapscope.app import render
-from overlapscope.profiler.warps.config import DispatchConfig
+from overlapscope.profiler.warps.config import LINK_PROFILES, DispatchConfig
 from overlapscope.profiler.warps.dispatch_kernel import emulate_dispatch
 from overlapscope.profiler.warps.plan import routed_topk
 
@@ -140,8 +143,14 @@ def tune_dispatch(
     experts: Annotated[int, typer.Option(min=1)] = 256,
     top_k: Annotated[int, typer.Option(min=1)] = 8,
     token_bytes: Annotated[int, typer.Option(min=1, help="bytes per token slot")] = 7232,
-    ib_gbps: Annotated[float, typer.Option(min=0.0, help="IB GB/s (0 = unlimited)")] = 50.0,
-    nvl_gbps: Annotated[float, typer.Option(min=0.0, help="NVLink GB/s (0 = unlimited)")] = 160.0,
+    link_profile: Annotated[str, typer.Option(
+        help="link speeds and per-warp costs: probe (our H200 probe kernel, ~17 GB/s IB) "
+             "or deepep (DeepEP-class from published figures, ~45-58 GB/s RDMA)",
+    )] = "probe",
+    ib_gbps: Annotated[float | None, typer.Option(
+        min=0.0, help="IB GB/s (0 = unlimited; default: the profile's)")] = None,
+    nvl_gbps: Annotated[float | None, typer.Option(
+        min=0.0, help="NVLink GB/s (0 = unlimited; default: the profile's)")] = None,
     seed: Annotated[int, typer.Option(help="seed of the random gate scores")] = 0,
     top: Annotated[int, typer.Option(min=1, help="configurations to show")] = 10,
     out: Annotated[Path | None, typer.Option(
@@ -152,6 +161,13 @@ def tune_dispatch(
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Sweep warps per role, channels, chunk size and node limit on the dispatch emulator."""
+    profile = LINK_PROFILES.get(link_profile)
+    if profile is None:
+        render.error(f"--link-profile: unknown profile {link_profile!r}; choose from "
+                     + ", ".join(LINK_PROFILES))
+        raise typer.Exit(EXIT_BAD_INPUT)
+    ib = profile.ib_gbps if ib_gbps is None else ib_gbps
+    nvl = profile.nvl_gbps if nvl_gbps is None else nvl_gbps
     grid = {
         "senders": _ints("--senders", senders), "forwarders": _ints("--forwarders", forwarders),
         "receivers": _ints("--receivers", receivers), "channels": _ints("--channels", channels),
@@ -160,7 +176,7 @@ def tune_dispatch(
     try:
         base = DispatchConfig(tokens=tokens, nodes=nodes, gpus_per_node=gpus_per_node,
                               experts=experts, top_k=top_k, token_bytes=token_bytes,
-                              ib_gbps=ib_gbps, nvl_gbps=nvl_gbps, seed=seed,
+                              ib_gbps=ib, nvl_gbps=nvl, seed=seed, cost=profile.cost,
                               **{name: values[0] for name, values in grid.items()})
         base.validate()
         for name, values in grid.items():  # fail fast on an impossible value
@@ -177,7 +193,8 @@ def tune_dispatch(
     found = [diagnose(base, r, routes) for r in best.iter_rows(named=True)]
     best = best.with_columns(pl.Series("bottleneck", found))
     table = Table(title=f"Best of {frame.height} dispatch configurations "
-                        f"({tokens} tokens, EP{nodes * gpus_per_node}, emulated)")
+                        f"({tokens} tokens, EP{nodes * gpus_per_node}, emulated, "
+                        f"link profile {profile.name})")
     for col in ("NS", "NF", "NR", "SMs", "K", "M", "warps", "time us", "vs best"):
         table.add_column(col, justify="right")
     table.add_column("bottleneck", min_width=12, overflow="fold")
@@ -189,6 +206,12 @@ def tune_dispatch(
             f"{r['kernel_us']:,.1f}", f"{r['kernel_us'] / t0:.2f}x", r["bottleneck"],
         )
     render.out.print(table)
+    speeds = "" if (ib, nvl) == (profile.ib_gbps, profile.nvl_gbps) else (
+        f"; links overridden to IB {ib:g} / NVLink {nvl:g} GB/s")
+    render.out.print(f"link profile: {profile.describe()}{speeds}. These answers are for this "
+                     "profile; try --link-profile " + ("deepep" if profile.name == "probe"
+                                                       else "probe") + " for the other.",
+                     soft_wrap=True)
     if out is not None:
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -200,7 +223,7 @@ def tune_dispatch(
     else:
         render.out.print("plot: not written (add --out FILE.html for the interactive plot)")
     if csv is not None:
-        frame.write_csv(csv)
+        frame.with_columns(pl.lit(profile.name).alias("link_profile")).write_csv(csv)
         render.out.print(f"all points: {csv}")
 
 

@@ -121,3 +121,48 @@ class DispatchConfig:
         d = asdict(self)
         d["cost"] = self.cost.to_dict()
         return d
+
+
+@dataclass(frozen=True)
+class LinkProfile:
+    """Link speeds and per-warp costs the emulator's answer is for.
+
+    ``ib_gbps`` / ``nvl_gbps`` are the link limits (GB/s per GPU); ``cost`` the per-warp
+    copy model. ``achieves`` says what the profile reaches at the default shape (EP64,
+    4096 FP8 tokens, M = 4, 10 channels, roles 4/1/8/4), ``source`` where it comes from.
+    """
+
+    name: str
+    ib_gbps: float
+    nvl_gbps: float
+    cost: CostModel
+    achieves: str
+    source: str
+
+    def apply(self, cfg: DispatchConfig) -> DispatchConfig:
+        """``cfg`` with this profile's link speeds and cost model."""
+        return cfg.with_(ib_gbps=self.ib_gbps, nvl_gbps=self.nvl_gbps, cost=self.cost)
+
+    def describe(self) -> str:
+        return (f"{self.name}: IB {self.ib_gbps:g} / NVLink {self.nvl_gbps:g} GB/s links, "
+                f"{self.achieves} ({self.source})")
+
+
+#: Link profiles for ``tune-dispatch --link-profile`` (and ``LINK_PROFILES[name].apply``).
+LINK_PROFILES: dict[str, LinkProfile] = {
+    "probe": LinkProfile(
+        name="probe", ib_gbps=50.0, nvl_gbps=160.0, cost=CostModel(),
+        achieves="~17 GB/s over IB, ~33 GB/s NVLink, receiver-bound at the default shape",
+        source="fitted to our H200 probe kernel, sample_traces/h200: per-warp copies of "
+               "1-2 GB/s with plain loads/stores"),
+    "deepep": LinkProfile(
+        name="deepep", ib_gbps=50.0, nvl_gbps=160.0,
+        # TMA-class warp copies (~8-12 GB/s per warp) and short per-message overheads, so
+        # the links, not the warps, bind: ~49 GB/s over IB at the default shape
+        cost=CostModel(local_warp_gbps=12.0, ib_warp_gbps=8.0, nvl_warp_gbps=12.0,
+                       local_msg_ns=300, ib_msg_ns=1000, fwd_scan_ns=40, publish_ns=300,
+                       loop_ns=100, wake_ns=100),
+        achieves="~49 GB/s over IB (IB-bound) at the default shape",
+        source="DeepEP's published figures, H800 + CX7 400 Gb/s: internode RDMA ~43-58 GB/s "
+               "(EP16-EP64), intranode NVLink ~153-158 GB/s (EP8)"),
+}

@@ -38,8 +38,8 @@ def test_analyze_ray_equals_local(local_ray: None, tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2")
     paths = [*SAMPLES, bad]
-    local = analyze(paths, workers=1)
-    remote = analyze(paths, engine="ray", workers=2)
+    local = analyze(paths, workers=1, cache=False)  # Ray workers do not see the test cache dir
+    remote = analyze(paths, engine="ray", workers=2, cache=False)
     assert [e.path for e in remote.errors] == [e.path for e in local.errors] == [str(bad)]
     assert [r.path for r in remote.runs] == [r.path for r in local.runs]
     for a, b in zip(local.reports, remote.reports, strict=True):
@@ -51,8 +51,8 @@ def test_analyze_ray_equals_local(local_ray: None, tmp_path: Path) -> None:
 
 
 def test_compare_ray_equals_local(local_ray: None) -> None:
-    runs_l, _ = load_runs(SAMPLES[1:3], workers=1)
-    runs_r, _ = load_runs(SAMPLES[1:3], engine="ray", workers=2)
+    runs_l, _ = load_runs(SAMPLES[1:3], workers=1, cache=False)
+    runs_r, _ = load_runs(SAMPLES[1:3], engine="ray", workers=2, cache=False)
     assert [len(r.steps) for r in runs_r] == [len(r.steps) for r in runs_l] == [2, 2]
     frames = [compare([r.report for r in runs], steps=[r.steps for r in runs])
               for runs in (runs_l, runs_r)]

@@ -162,9 +162,9 @@ def test_demo_dualpipe_moe(tmp_path: Path, schedule: str) -> None:
         "--schedule",
         schedule,
         "--pp",
-        "4",
-        "--ep",
         "2",
+        "--ep",
+        "4",
         "--nodes",
         "2",
         "--gpus-per-node",
@@ -178,11 +178,23 @@ def test_demo_dualpipe_moe(tmp_path: Path, schedule: str) -> None:
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["schedule"]["name"] == schedule and manifest["world_size"] == 8
+    sent: dict[tuple[str, str], int] = {}
     for rank in range(8):
         doc = _trace(out / f"rank-{rank}.json.gz")
-        assert doc["overlapscope"]["schedule"]["pp"] == 4
+        assert doc["overlapscope"]["schedule"]["pp"] == 2
         names = [e.get("name", "") for e in doc["traceEvents"]]
         assert any(n.startswith(f"{schedule}:") for n in names)
+        for e in doc["traceEvents"]:
+            if e.get("cat") == "comm_traffic":
+                key = (e["args"]["collective"], e["args"]["hop"])
+                sent[key] = sent.get(key, 0) + sum(e["args"]["dst_bytes"])
+        routing = manifest["ranks"][rank]["routing"]
+        assert routing == doc["overlapscope"]["routing"]
+        assert routing["max_nodes"] == 1 < routing["nodes"] == 2
+        assert routing["tokens_redirected"] > 0 and routing["ib_bytes_saved"] > 0
+    # the demo exercises IB and NVLink in both directions of the two-hop exchange
+    for key in [(c, h) for c in ("two_hop_dispatch", "two_hop_combine") for h in ("ib", "nvl")]:
+        assert sent.get(key, 0) > 0, (key, sent)
 
 
 @pytest.mark.slow
@@ -279,3 +291,31 @@ def test_the_whole_launch_times_out(tmp_path: Path) -> None:
         run_local(cfg)
     assert "timed out after 3 s" in info.value.reason
     assert "[0, 1]" in info.value.reason
+
+
+@pytest.mark.slow
+def test_injected_delay_and_clock_skew_land_in_the_run(tmp_path: Path) -> None:
+    """--inject-delay makes one rank's phase >= the delay longer than on its peers;
+    --clock-skew shifts that rank's trace; both are recorded in run.json["inject"]."""
+    out = tmp_path / "inj"
+    args = ["profile", "--workload", "smoke", "--nodes", "1", "--gpus-per-node", "2",
+            "--steps", "2", "--inject-delay", "1:smoke:F:*:30ms",
+            "--clock-skew", "1:+40ms:50ppm", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "run.json").read_text())
+    inj = manifest["inject"]
+    assert inj["delay"] == {"rank": 1, "phase": "smoke:F:*", "ms": 30.0}
+    clock = inj["clock"]["1"]
+    assert clock["offset_ns"] == 40_000_000 and clock["drift_ppm"] == 50.0
+    assert isinstance(clock["ref_unix_ns"], int) and clock["ref_unix_ns"] > 10**18
+    assert manifest["ranks"][1]["delays_applied"] > 0 == manifest["ranks"][0]["delays_applied"]
+
+    def spans(rank: int) -> list[float]:
+        doc = _trace(out / f"rank-{rank}.json.gz")
+        return [float(e["dur"]) for e in doc["traceEvents"]
+                if e.get("ph") == "X" and e.get("name", "").startswith("smoke:F:")]
+
+    slow, fast = spans(1), spans(0)
+    assert slow and fast and min(slow) >= 30_000 + 0.0 and min(slow) >= max(fast)
+    # (the exact shift offset + drift * (t - ref) of every event: tests/unit/test_session.py)

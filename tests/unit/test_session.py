@@ -9,7 +9,6 @@ import gzip
 import json
 import threading
 import time
-
 from decimal import Decimal
 
 import msgspec

@@ -45,3 +45,31 @@ def test_bad_values_exit_2_naming_the_option(tmp_path):
     result = runner.invoke(app, ["tune-dispatch", *SMALL, "--node-limit", "3",
                                  "--plot", str(tmp_path / "x.html")])
     assert result.exit_code == 2 and "max_nodes" in result.output
+
+
+def test_link_profile_is_named_in_the_output_and_the_csv(tmp_path):
+    csv = tmp_path / "p.csv"
+    base = ["tune-dispatch", *SMALL, "--senders", "2", "--forwarders", "2", "--receivers",
+            "2", "--channels", "2", "--chunk", "8", "--csv", str(csv)]
+    runner = CliRunner()
+    probe = runner.invoke(app, base)
+    deepep = runner.invoke(app, [*base, "--link-profile", "deepep"])
+    assert probe.exit_code == deepep.exit_code == 0, probe.output + deepep.output
+    assert "link profile probe" in " ".join(probe.output.split())
+    assert "link profile: probe" in probe.output and "17 GB/s" in probe.output
+    assert "link profile: deepep" in deepep.output and "43-58 GB/s" in deepep.output
+    assert pl.read_csv(csv)["link_profile"].to_list() == ["deepep"]
+    bad = runner.invoke(app, [*base, "--link-profile", "fast"])
+    assert bad.exit_code == 2 and "--link-profile" in bad.output
+
+
+def test_link_profiles_reach_their_published_throughput():
+    from overlapscope.profiler.warps.config import LINK_PROFILES, DispatchConfig
+    from overlapscope.profiler.warps.dispatch_kernel import emulate_dispatch
+
+    got = {}
+    for name, prof in LINK_PROFILES.items():
+        res = emulate_dispatch(prof.apply(DispatchConfig()), move_bytes=False, record=False)
+        got[name] = res.link_bytes["ib"] / res.kernel_ns  # bytes/ns = GB/s
+    assert 15 < got["probe"] < 20  # the H200 probe kernel: ~17 GB/s over IB
+    assert 43 <= got["deepep"] <= 58  # DeepEP internode RDMA, published 43-58 GB/s
