@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from overlapscope.analyzers import report_cache
 from overlapscope.analyzers.errors import TraceError, WindowError
 from overlapscope.analyzers.frames import TraceFrames
 from overlapscope.analyzers.inputs import ReportOptions
@@ -83,9 +84,9 @@ class BatchResult(Sequence[Report]):
 # --- per-run work: top-level functions, so worker processes and Ray can run them ---
 
 
-def _decode(args: tuple[str, bool]) -> FileFrames:
-    path, cache = args
-    return load_file(Path(path), cache=cache)
+def _decode(args: tuple[str, bool] | tuple[str, bool, int]) -> FileFrames:
+    path, cache, *rest = args
+    return load_file(Path(path), cache=cache, workers=rest[0] if rest else 1)
 
 
 def analyze_run(
@@ -97,21 +98,38 @@ def analyze_run(
     decoder: Callable[[list[Path], bool], Iterable[FileFrames]] | None = None,
 ) -> RunResult | TraceError:
     """Load and analyze one run; a bad input comes back as a TraceError, not raised."""
+    # --- Report cache (issue 13): unchanged inputs, rules, options and version reopen
+    # the stored Report (analyzers/report_cache.py) instead of analyzing again.
+    key = report_cache.report_key(path, options) if cache else None
+    cached = report_cache.load_report(key, str(Path(path))) if key else None
+    # --- end Report cache
     try:
-        frames = load_run(
-            path, cache=cache, gpus_per_node=options.gpus_per_node, decoder=decoder
-        )
-        report = build_report(frames, options)
+        frames = None
+        if cached is None or keep_frames:
+            frames = load_run(
+                path, cache=cache, gpus_per_node=options.gpus_per_node, decoder=decoder
+            )
+        report = cached if cached is not None else build_report(frames, options)
     except TraceError as exc:
         return exc
     except WindowError as exc:
         return TraceError(path, str(exc))
+    if key and cached is None:  # Report cache: store what was just computed
+        report_cache.store_report(key, report)
     return RunResult(str(path), report, frames if keep_frames else None)
 
 
-def _analyze_task(args: tuple[str, ReportOptions, bool, bool]) -> RunResult | TraceError:
-    path, options, cache, keep = args
-    return analyze_run(path, options, cache=cache, keep_frames=keep)
+#: Per-run follow-up work run where the run was analyzed (worker process or Ray task):
+#: ``finish(result, options)`` -> what comes back to the caller (must be picklable).
+Finish = Callable[[RunResult | TraceError, ReportOptions], Any]
+
+
+def _analyze_task(
+    args: tuple[str, ReportOptions, bool, bool, Finish | None],
+) -> Any:
+    path, options, cache, keep, finish = args
+    out = analyze_run(path, options, cache=cache, keep_frames=keep)
+    return finish(out, options) if finish is not None else out
 
 
 # --- engines ---
@@ -194,15 +212,40 @@ def analyze(
     """
     if isinstance(paths, str | Path):
         paths = [paths]
-    paths = [Path(p) for p in paths]
     opts = options or ReportOptions(
         window=window, rules_file=rules_file, top=top, hta_compat=hta_compat,
         gpus_per_node=gpus_per_node, annotation_detail=annotation_detail,
     )
-    opts.rules()  # a bad rules file is the caller's error: raise RuleError before any work
-    result = BatchResult()
+    runs, errors = map_runs(
+        paths, opts, cache=cache, keep_frames=keep_frames, on_error=on_error,
+        progress=progress, workers=workers, engine=engine, address=address,
+    )
+    return BatchResult(runs, errors)
+
+
+def map_runs(
+    paths: Iterable[str | Path],
+    options: ReportOptions,
+    *,
+    finish: Finish | None = None,
+    cache: bool = True,
+    keep_frames: bool = False,
+    on_error: OnError = "collect",
+    progress: ProgressFn | None = None,
+    workers: int | None = None,
+    engine: Engine = "local",
+    address: str | None = None,
+) -> tuple[list[Any], list[TraceError]]:
+    """The engine under :func:`analyze`: each run analyzed where the engine puts it,
+    then ``finish(result, options)`` applied there (``compare`` adds per-step
+    reports this way). Returns (finished results in input order, errors)."""
+    paths = [Path(p) for p in paths]
+    options.rules()  # a bad rules file is the caller's error: raise RuleError before any work
+    done: list[Any] = []
+    errors: list[TraceError] = []
     if not paths:
-        return result
+        return done, errors
+    n_workers = 1
     if engine == "ray":
         from overlapscope.analyzers.batch_ray import ray_mapper
 
@@ -211,26 +254,26 @@ def analyze(
     else:
         pool = _LocalPool(workers if workers is not None else default_workers(paths))
         mapper, closer = pool.map, pool.close
+        n_workers = pool.workers
     try:
-        if len(paths) == 1 and engine == "local":
-            outcomes: Iterable[RunResult | TraceError] = [
-                _one_run(paths[0], opts, cache, keep_frames, mapper, progress)
-            ]
+        if len(paths) == 1 and engine == "local":  # one run: its rank files decode in parallel
+            one = _one_run(paths[0], options, cache, keep_frames, mapper, progress, n_workers)
+            outcomes: Iterable[Any] = [finish(one, options) if finish is not None else one]
         else:
-            tasks = [(str(p), opts, cache, keep_frames) for p in paths]
+            tasks = [(str(p), options, cache, keep_frames, finish) for p in paths]
             outcomes = mapper(_analyze_task, tasks)
         for i, outcome in enumerate(outcomes):
             if isinstance(outcome, TraceError):
                 if on_error == "raise":
                     raise outcome
-                result.errors.append(outcome)
+                errors.append(outcome)
             else:
-                result.runs.append(outcome)
+                done.append(outcome)
             if progress:
                 progress(Progress("analyze", str(paths[i]), i + 1, len(paths)))
     finally:
         closer()
-    return result
+    return done, errors
 
 
 def _one_run(
@@ -240,11 +283,14 @@ def _one_run(
     keep_frames: bool,
     mapper: Mapper,
     progress: ProgressFn | None,
+    workers: int = 1,
 ) -> RunResult | TraceError:
     """One run: its rank files decoded through ``mapper``, analyzed here."""
 
     def decoder(files: list[Path], use_cache: bool) -> Iterator[FileFrames]:
-        decoded = mapper(_decode, [(str(f), use_cache) for f in files])
+        # Processes per file: what the pool leaves over (a lone file gets them all).
+        per_file = max(1, workers // max(1, len(files)))
+        decoded = mapper(_decode, [(str(f), use_cache, per_file) for f in files])
         for i, ff in enumerate(decoded):
             if progress:
                 progress(Progress("decode", str(files[i]), i + 1, len(files)))

@@ -20,8 +20,9 @@ with :func:`~overlapscope.analyzers.stats.significance`.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -98,14 +99,6 @@ def _with_steps(res: batch.RunResult | TraceError, options: ReportOptions,
     return RunData(res.path, res.report, steps)
 
 
-def compare_task(args: tuple[str, ReportOptions, bool, bool]) -> RunData | TraceError:
-    """Per-run work (a worker process or a Ray task): load once, full report, step reports.
-    ``args``: (path, options, cache, samples). A bad input comes back as TraceError."""
-    path, options, cache, samples = args
-    res = batch.analyze_run(path, options, cache=cache, keep_frames=samples)
-    return _with_steps(res, options, samples)
-
-
 def load_runs(
     paths: Iterable[str | Path],
     *,
@@ -125,39 +118,11 @@ def load_runs(
     and, with ``samples``, also analyzed per step. Returns (runs in input order,
     errors); ``on_error="raise"`` raises the first TraceError.
     """
-    plist = [Path(p) for p in paths]
-    opts = options or ReportOptions()
-    opts.rules()
-    runs: list[RunData] = []
-    errors: list[TraceError] = []
-    if not plist:
-        return runs, errors
-    if engine == "ray":
-        from overlapscope.analyzers.batch_ray import ray_mapper
-
-        mapper: batch.Mapper = ray_mapper(address=address, workers=workers)
-        closer: Callable[[], None] = lambda: None  # noqa: E731
-    else:
-        pool = batch._LocalPool(workers if workers is not None else batch.default_workers(plist))
-        mapper, closer = pool.map, pool.close
-    try:
-        if len(plist) == 1 and engine == "local":  # one run: its rank files decode in parallel
-            one = batch._one_run(plist[0], opts, cache, samples, mapper, progress)
-            outcomes: Iterable[RunData | TraceError] = [_with_steps(one, opts, samples)]
-        else:
-            outcomes = mapper(compare_task, [(str(p), opts, cache, samples) for p in plist])
-        for i, out in enumerate(outcomes):
-            if isinstance(out, TraceError):
-                if on_error == "raise":
-                    raise out
-                errors.append(out)
-            else:
-                runs.append(out)
-            if progress:
-                progress(batch.Progress("analyze", str(plist[i]), i + 1, len(plist)))
-    finally:
-        closer()
-    return runs, errors
+    finish = functools.partial(_with_steps, samples=samples)
+    return batch.map_runs(
+        paths, options or ReportOptions(), finish=finish, cache=cache, keep_frames=samples,
+        on_error=on_error, progress=progress, workers=workers, engine=engine, address=address,
+    )
 
 
 # --------------------------------------------------------------------------- metrics

@@ -80,13 +80,17 @@ def _read_manifest(run_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def load_file(path: Path, *, cache: bool = True) -> FileFrames:
-    """Decode one trace file, through the parquet cache when ``cache`` is set."""
+def load_file(path: Path, *, cache: bool = True, workers: int = 1) -> FileFrames:
+    """Decode one trace file, through the parquet cache when ``cache`` is set.
+
+    ``workers`` > 1 decodes batches of the file's events in that many processes
+    (this one included); the frames are the same for any value.
+    """
     if cache:
         hit = load_cached(path)
         if hit is not None:
             return hit
-    ff = decode_file(path)
+    ff = decode_file(path, workers=workers)
     if cache:
         store(path, ff)
     return ff
@@ -99,11 +103,13 @@ def load_run(
     gpus_per_node: int | None = None,
     progress: ProgressFn | None = None,
     decoder: Decoder | None = None,
+    workers: int = 1,
 ) -> TraceFrames:
     """Load a trace file or run directory into one TraceFrames bundle.
 
     ``gpus_per_node`` is recorded in ``meta`` for analyzers that need a topology
-    when the trace does not carry overlapscope's own. Raises TraceError naming
+    when the trace does not carry overlapscope's own. ``workers``: processes per
+    file when the files are decoded here (see :func:`load_file`). Raises TraceError naming
     the offending file when the input cannot be analyzed.
     """
     path = Path(path)
@@ -120,7 +126,7 @@ def load_run(
         for i, file in enumerate(files):
             if progress:
                 progress(file, i, len(files))
-            loaded.append(load_file(file, cache=cache))
+            loaded.append(load_file(file, cache=cache, workers=workers))
     ranks = _assign_ranks(files, loaded)
     return _assemble(path, loaded, ranks, manifest, gpus_per_node)
 

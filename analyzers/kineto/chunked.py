@@ -154,11 +154,27 @@ def find_layout(src: _Source) -> Layout:
             header = D._DECODER.decode(prefix + tail[pos:])
         except msgspec.MsgspecError:
             continue
-        if header.traceEvents == []:
+        if header.traceEvents != []:
+            # The events are elsewhere (or the key repeats): not our layout.
+            raise Fallback
+        if _ends_with_events(tail, max(0, start - tail_from), pos):
             return Layout(start, tail_from + pos, header)
-        # The events are elsewhere (or the key repeats): not our layout.
-        raise Fallback
     raise Fallback
+
+
+def _ends_with_events(tail: bytes, lo: int, pos: int) -> bool:
+    """True when tail[lo:pos] ends with whole events: the text after the last event
+    boundary before ``pos`` decodes as events (a ``]`` of a key written after the
+    events array, which also closes the header validly, fails here)."""
+    last = None
+    for m in _SEP.finditer(tail, max(lo, pos - (1 << 20)), pos):
+        last = m
+    begin = last.end() - 1 if last is not None else lo
+    try:
+        D._EVENTS_DECODER.decode(b"[" + tail[begin:pos] + b"]")
+    except msgspec.MsgspecError:
+        return False
+    return True
 
 
 def _last_boundary(buf: bytes | memoryview) -> tuple[int, int] | None:
@@ -331,9 +347,12 @@ def _decode_parallel(src: _Source, layout: Layout, base: int, chunk_bytes: int,
     ctx = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(workers - 1, mp_context=ctx)
     try:
-        futures: list[Future[Any] | None] = [None] + [
-            pool.submit(_worker, str(src.path), a, b, base, chunk_bytes) for a, b in ranges[1:]
-        ]
+        futures: list[Future[Any] | None] = [None]
+        for a, b in ranges[1:]:
+            try:
+                futures.append(pool.submit(_worker, str(src.path), a, b, base, chunk_bytes))
+            except Exception:  # noqa: BLE001 - no processes here (e.g. a daemon): do it here
+                futures.append(None)
         out: list[list[ChunkResult] | None] = [None] * len(ranges)
         for i, (a, b) in enumerate(ranges):
             fut = futures[i]
