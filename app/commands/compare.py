@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import msgspec
 import polars as pl
 import typer
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
@@ -35,6 +36,9 @@ from overlapscope.analyzers.gates import GateError, parse_gates
 from overlapscope.analyzers.inputs import ReportOptions
 from overlapscope.analyzers.report import METRICS
 from overlapscope.app import render
+
+#: Same look as analyze's tables: no vertical rules, so piped logs stay clean.
+TABLE_STYLE = {"box": box.SIMPLE_HEAD, "show_edge": False, "pad_edge": False}
 
 EXIT_GATE_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -139,7 +143,7 @@ def _run_table(df: pl.DataFrame, labels: list[str], baseline: int) -> list[Table
     out = []
     for lb in others:
         r = rows[lb]
-        t = Table(title=f"{lb} vs {labels[baseline]}", title_justify="left")
+        t = Table(title=f"{lb} vs {labels[baseline]}", title_justify="left", **TABLE_STYLE)
         t.add_column("metric", no_wrap=True)
         for c in ("baseline", "this run", "change", "p"):
             t.add_column(c, justify="right", no_wrap=True)
@@ -160,9 +164,10 @@ def _level_table(df: pl.DataFrame, by: str, width: int) -> tuple[Table, list[str
     per_metric = 22  # value (9) + change (9) + padding
     fit = max(1, (width - key_w) // per_metric)
     shown, dropped = names[:fit], names[fit:]
-    t = Table(title=f"by {by}: value and change against the baseline", title_justify="left")
+    t = Table(title=f"by {by}: value and change against the baseline", title_justify="left",
+              **TABLE_STYLE)
     for k in keys:
-        t.add_column(k, overflow="fold", max_width=32)
+        t.add_column(k, overflow="ellipsis", no_wrap=True, max_width=32)
     for m in shown:
         t.add_column(_short(m), justify="right", no_wrap=True)
         t.add_column("Δ", justify="right", no_wrap=True)
@@ -232,10 +237,11 @@ def print_table(ctx: dict[str, Any]) -> None:
         rows = _diff_rows(diff)
         if rows.is_empty():
             continue
-        t = Table(title=f"what changed: {label} (ms per rank)", title_justify="left")
+        t = Table(title=f"what changed: {label} (ms per rank)", title_justify="left",
+                  **TABLE_STYLE)
         t.add_column("status", no_wrap=True)
         t.add_column("kind", no_wrap=True)
-        t.add_column("name", overflow="fold", max_width=max(16, width - 52))
+        t.add_column("name", overflow="ellipsis", no_wrap=True, max_width=max(16, width - 52))
         for c in ("base ms", "ms", "Δ%"):
             t.add_column(c, justify="right", no_wrap=True)
         for r in rows.iter_rows(named=True):
