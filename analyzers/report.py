@@ -202,6 +202,15 @@ TABLES: dict[str, TableSpec] = {
             "src_rank dst_rank link phase",
         ),
         _t(
+            "routing",
+            "Node-limited routing per rank: tokens the node limit redirected, IB bytes saved",
+            "rank nodes max_nodes dispatches tokens tokens_redirected redirected_fraction "
+            "ib_bytes ib_bytes_unlimited ib_bytes_saved nvl_bytes nvl_bytes_unlimited",
+            "rank max_nodes tokens tokens_redirected redirected_fraction ib_bytes "
+            "ib_bytes_saved nvl_bytes",
+            "rank",
+        ),
+        _t(
             "warp_roles",
             "Per warp role of instrumented dispatch kernels: busy and wait-reason fractions",
             "rank role stage n_warps start_ns end_ns lifetime_ns busy_ns wait_ns "
@@ -321,6 +330,10 @@ METRICS: dict[str, Metric] = {
            pl.when((pl.col("ib_bytes").sum() + pl.col("nvl_bytes").sum()) > 0).then(
                pl.col("ib_bytes").sum() / (pl.col("ib_bytes").sum() + pl.col("nvl_bytes").sum())
            ), "IB bytes / (IB + NVLink bytes)"),
+        _m("ib_bytes_saved", "bytes", "higher", "routing", pl.col("ib_bytes_saved").sum(),
+           "IB bytes the node limit kept off InfiniBand (all ranks)"),
+        _m("redirected_fraction", "fraction", "neutral", "routing",
+           _ratio("tokens_redirected", "tokens"), "tokens the node limit re-routed / tokens"),
         _m("comm_sms", "count", "lower", "sm_split", pl.col("comm_sms").max(),
            "SMs held by the widest comm kernel"),
         _m("warp_busy_fraction", "fraction", "higher", "warp_roles", pl.col("busy_frac").mean(),
@@ -369,6 +382,7 @@ class Report:
         """
         parts: list[pl.DataFrame] = []
         rank_col = {"summary": "rank", "pipeline": "rank", "traffic": "src_rank",
+                    "routing": "rank",
                     "sm_split": "rank", "warp_roles": "rank"}
         ranks = self._ranks()
         for m in METRICS.values():

@@ -59,7 +59,8 @@ def code_fingerprint() -> str:
             if name.endswith((".py", ".toml")):
                 p = os.path.join(root, name)
                 st = os.stat(p)
-                h.update(f"{os.path.relpath(p, _ANALYZERS)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+                rel = os.path.relpath(p, _ANALYZERS)
+                h.update(f"{rel}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
@@ -121,7 +122,7 @@ def load_report(key: str, source: str | None = None) -> Any | None:
     from overlapscope.analyzers.report import Report
 
     try:
-        tables = {name: pl.read_ipc(entry / f"t{i}.arrow", memory_map=False)
+        tables = {name: pl.read_ipc(entry / f"t{i}.arrow")
                   for i, name in enumerate(meta["tables"])}
         return Report(
             source=source if source is not None else meta["source"],

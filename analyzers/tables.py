@@ -14,6 +14,7 @@ from overlapscope.analyzers import overlap as ov
 from overlapscope.analyzers.breakdown import kernel_breakdown, temporal_breakdown
 from overlapscope.analyzers.inputs import Inputs
 from overlapscope.analyzers.pipeline import bubble_table
+from overlapscope.analyzers.routing import routing_table
 
 Built = pl.DataFrame | str
 NO_WORK = "the trace has no GPU activities and no host operators"
@@ -157,6 +158,12 @@ def _traffic_matrix(i: Inputs) -> Built:
     )
 
 
+def _routing(i: Inputs) -> Built:
+    table = routing_table(i.frames.meta.get("manifest") or {})
+    return table if table.height else (
+        "no routing statistics (only overlapscope's MoE workloads record them in run.json)")
+
+
 def _warp_table(attr: str) -> Callable[[Inputs], Built]:
     def build(i: Inputs) -> Built:
         if i.frames.warp_events.is_empty():
@@ -200,6 +207,7 @@ BUILDERS: dict[str, Callable[[Inputs], Built]] = {
     "traffic_by_collective": _traffic_table("per_collective"),
     "traffic_by_phase": _traffic_table("per_phase"),
     "traffic_matrix": _traffic_matrix,
+    "routing": _routing,
     "warp_roles": _warp_table("roles"),
     "warp_links": _warp_table("links"),
     "warp_rings": _warp_table("rings"),

@@ -1,23 +1,28 @@
-"""Side-by-side load benchmark: overlapscope analyze vs a bare JSON decode vs HTA.
+"""Side-by-side load benchmark: overlapscope analyze vs a typed JSON decode (the floor) vs HTA.
 
-    python benchmarks/make_large_trace.py --target-mb 100 500     # once
-    python benchmarks/bench_load.py --sizes 100 500               # prints a markdown table
+    python benchmarks/make_large_trace.py --target-mb 100 500 --out /tmp/osbench   # once
+    python benchmarks/bench_load.py --data /tmp/osbench --sizes 100 500 --repeat 3
 
 For each size (a run directory made by make_large_trace.py) it runs, each in its
-own subprocess so that wall time and peak RSS belong to that step alone:
+own subprocess so that wall time, CPU time and peak RSS belong to that step alone,
+and with ``--repeat N`` every step N times, interleaved (medians are reported):
 
-1. ``msgspec.json.decode`` of the file into Python objects: the floor any
-   JSON-based loader pays;
-2. ``overlapscope analyze FILE --format json --no-cache``: end to end;
-3. the same with a fresh cache directory, twice: the cold run (decode + cache
-   write) and the cached reopen;
-4. HTA 0.5.0: ``TraceAnalysis(trace_dir=...)`` load + ``get_comm_comp_overlap``
-   (skipped when ``import hta`` fails or with ``--skip-hta``; HTA runs at most
-   once per size because it is slow and memory-hungry).
+1. the **typed floor**: ``msgspec`` decode of the file into ``msgspec.Struct`` types
+   holding only ph, cat, name, pid, tid, ts, dur and the args an overlap analysis
+   reads (correlation, External id, device, stream, grid, block, bytes), GC off.
+   Every other row is reported as a multiple of it;
+2. ``overlapscope analyze FILE --format json --no-cache``: end to end, one process
+   (``--workers 1``), and with ``--workers 2`` (batches decoded in two processes);
+3. the same with a fresh cache directory, twice: the cold run (decode + analysis +
+   cache writes) and the cached reopen (the stored Report);
+4. optionally (``--steps untyped``) the untyped ``msgspec.json.decode`` into dicts,
+   with and without GC, as in earlier results;
+5. HTA 0.5.0: ``TraceAnalysis(trace_dir=...)`` load + ``get_comm_comp_overlap``
+   (skipped when ``import hta`` fails or with ``--skip-hta``; at most once per size).
 
-Peak RSS comes from ``os.wait4`` on that one child (its own maximum resident set
-and that of anything it waited for). Nothing here is a test: numbers depend on
-the machine, and the output is meant for benchmarks/RESULTS.md.
+Peak RSS and CPU time come from ``os.wait4`` on that one child (its own and that of
+the children it waited for, e.g. decode workers). Nothing here is a test: numbers
+depend on the machine, and the output is meant for benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -49,6 +54,36 @@ doc = msgspec.json.decode(raw)
 print(len(doc['traceEvents']), round(time.perf_counter() - t0, 3))
 """
 
+TYPED_FLOOR_SCRIPT = """
+import gc, sys, time, msgspec
+gc.disable()
+Id = int | str
+Num = int | float
+class Args(msgspec.Struct, gc=False):
+    correlation: Id | None = None
+    external_id: Id | None = msgspec.field(default=None, name="External id")
+    device: Id | None = None
+    stream: Id | None = None
+    grid: list[Num] | None = None
+    block: list[Num] | None = None
+    bytes: Num | None = None
+class Event(msgspec.Struct, gc=False):
+    ph: str = ""
+    cat: str = ""
+    name: str = ""
+    pid: Id = 0
+    tid: Id = 0
+    ts: Num | None = None
+    dur: Num | None = None
+    args: Args | None = None
+class Trace(msgspec.Struct):
+    traceEvents: list[Event] = []
+t0 = time.perf_counter()
+raw = open(sys.argv[1], 'rb').read()
+doc = msgspec.json.decode(raw, type=Trace)
+print(len(doc.traceEvents), round(time.perf_counter() - t0, 3))
+"""
+
 HTA_SCRIPT = """
 import json, sys, time, warnings, logging
 warnings.filterwarnings('ignore')
@@ -73,6 +108,7 @@ class Measure:
     wall_s: float
     rss_mb: float
     rc: int
+    cpu_s: float
     stdout: str
     stderr: str
     killed: bool = False
@@ -116,7 +152,8 @@ def run(label: str, cmd: list[str], env: dict[str, str] | None = None) -> Measur
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
     rss_mb = usage.ru_maxrss / 1024  # Linux reports KiB
-    return Measure(label, wall, rss_mb, proc.returncode, stdout, stderr, killed)
+    cpu = usage.ru_utime + usage.ru_stime
+    return Measure(label, wall, rss_mb, proc.returncode, cpu, stdout, stderr, killed)
 
 
 def overlapscope_cmd() -> list[str]:
@@ -149,43 +186,70 @@ def hta_available() -> bool:
     return probe.returncode == 0
 
 
-STEPS = ("floor", "analyze", "cache", "hta")
+STEPS = ("analyze", "parallel", "cache", "untyped", "hta")
+DEFAULT_STEPS = ("analyze", "parallel", "cache", "hta")
 
 
-def bench_size(mb: int, with_hta: bool, steps: tuple[str, ...] = STEPS
-               ) -> list[tuple[str, Measure, str]]:
-    run_dir = DATA / f"large-{mb}mb"
+def median_measure(ms: list[Measure]) -> Measure:
+    """The run with the median wall time (its own RSS/CPU), failures first."""
+    bad = [m for m in ms if m.rc != 0]
+    if bad:
+        return bad[0]
+    return sorted(ms, key=lambda m: m.wall_s)[len(ms) // 2]
+
+
+def bench_size(data: Path, mb: int, with_hta: bool, steps: tuple[str, ...] = DEFAULT_STEPS,
+               repeat: int = 1) -> list[tuple[str, Measure, str]]:
+    run_dir = data / f"large-{mb}mb"
     file = run_dir / "rank-0.json"
     if not file.exists():
-        sys.exit(f"{file} missing: run `python benchmarks/make_large_trace.py --target-mb {mb}`")
-    rows: list[tuple[str, Measure, str]] = []
-    # The floor always runs: the other rows are reported relative to it.
-    floor = run("msgspec.json.decode (floor)", [sys.executable, "-c", FLOOR_SCRIPT, str(file)])
-    note = ""
-    if floor.rc == 0:
-        n, t = floor.stdout.split()
-        note = f"{int(n):,} events; decode {t} s in-process"
-    rows.append(("msgspec.json.decode (floor)", floor, note))
-    # The same decode with the cycle collector off: millions of tracked dicts make
-    # CPython run full collections repeatedly, which is not parsing cost.
-    label = "msgspec.json.decode, gc disabled (floor without GC passes)"
-    nogc = run(label, [sys.executable, "-c", FLOOR_SCRIPT, str(file), "nogc"])
-    rows.append((label, nogc, ""))
-
+        sys.exit(f"{file} missing: run `python benchmarks/make_large_trace.py --target-mb {mb}"
+                 f" --out {data}`")
     cli = overlapscope_cmd()
-    with tempfile.TemporaryDirectory(prefix="bench-cache-") as cache:
-        env = {**os.environ, "OVERLAPSCOPE_CACHE_DIR": cache}
-        if "analyze" in steps:
-            label = "overlapscope analyze --no-cache"
-            m = run(label, [*cli, "analyze", str(file), "--format", "json", "--no-cache"], env)
-            rows.append((label, m, f"overlap {overlap_from_analyze(m.stdout)}"))
+    plan: list[tuple[str, list[str], bool]] = [
+        ("typed msgspec decode, GC off (floor)", [sys.executable, "-c", TYPED_FLOOR_SCRIPT,
+                                                  str(file)], False)]
+    analyze = [*cli, "analyze", str(file), "--format", "json"]
+    if "analyze" in steps:
+        plan.append(("overlapscope analyze --no-cache --workers 1",
+                     [*analyze, "--no-cache", "--workers", "1"], False))
+    if "parallel" in steps:
+        plan.append(("overlapscope analyze --no-cache --workers 2",
+                     [*analyze, "--no-cache", "--workers", "2"], False))
+    if "untyped" in steps:
+        plan.append(("msgspec.json.decode into dicts",
+                     [sys.executable, "-c", FLOOR_SCRIPT, str(file)], False))
+        plan.append(("msgspec.json.decode into dicts, GC off",
+                     [sys.executable, "-c", FLOOR_SCRIPT, str(file), "nogc"], False))
+    got: dict[str, list[Measure]] = {label: [] for label, _, _ in plan}
+    cold: list[Measure] = []
+    warm: list[Measure] = []
+    for _ in range(max(1, repeat)):  # interleaved: every step sees the same machine
+        for label, cmd, _ in plan:
+            got[label].append(run(label, cmd))
         if "cache" in steps:
-            label = "overlapscope analyze, cold cache (decode + cache write)"
-            m = run(label, [*cli, "analyze", str(file), "--format", "json"], env)
-            rows.append((label, m, ""))
-            label = "overlapscope analyze, cached reopen"
-            m = run(label, [*cli, "analyze", str(file), "--format", "json"], env)
-            rows.append((label, m, f"overlap {overlap_from_analyze(m.stdout)}"))
+            with tempfile.TemporaryDirectory(prefix="bench-cache-") as cache:
+                env = {**os.environ, "OVERLAPSCOPE_CACHE_DIR": cache}
+                cold.append(run("cold", [*analyze, "--workers", "1"], env))
+                warm.append(run("warm", [*analyze, "--workers", "1"], env))
+    rows: list[tuple[str, Measure, str]] = []
+    for label, _, _ in plan:
+        m = median_measure(got[label])
+        note = ""
+        if label.startswith("typed") and m.rc == 0:
+            n, t = m.stdout.split()
+            note = f"{int(n):,} events; decode {t} s in-process"
+        elif "analyze" in label:
+            note = f"overlap {overlap_from_analyze(m.stdout)}"
+        walls = ", ".join(f"{x.wall_s:.2f}" for x in got[label])
+        rows.append((label, m, f"{note}; runs {walls}" if repeat > 1 else note))
+    if cold:
+        for label, ms in (("overlapscope analyze, cold cache (decode + analysis + writes)", cold),
+                          ("overlapscope analyze, reopen (stored Report)", warm)):
+            m = median_measure(ms)
+            walls = ", ".join(f"{x.wall_s:.2f}" for x in ms)
+            note = f"overlap {overlap_from_analyze(m.stdout)}"
+            rows.append((label, m, f"{note}; runs {walls}" if repeat > 1 else note))
 
     if with_hta and "hta" in steps:
         label = "HTA 0.5.0 TraceAnalysis + get_comm_comp_overlap"
@@ -225,25 +289,30 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 500],
                     help="sizes in MB, as made by make_large_trace.py (default 100 500)")
+    ap.add_argument("--data", type=Path, default=DATA,
+                    help="folder holding large-<N>mb/ (make_large_trace.py --out)")
     ap.add_argument("--skip-hta", action="store_true", help="do not run HTA")
-    ap.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS),
-                    help="steps to run (the floor always runs)")
+    ap.add_argument("--steps", nargs="+", choices=STEPS, default=list(DEFAULT_STEPS),
+                    help="steps to run (the typed floor always runs)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs of each step, interleaved; medians are reported (default 1)")
     ap.add_argument("--hta-max-mb", type=int, default=500,
                     help="run HTA only for sizes up to this (default 500)")
     ap.add_argument("--mem-limit-gb", type=float, default=MEM_LIMIT_MB / 1024,
                     help="kill a step whose resident set exceeds this (default 16)")
     args = ap.parse_args(argv)
     MEM_LIMIT_MB = int(args.mem_limit_gb * 1024)
-    use_hta = not args.skip_hta and hta_available()
+    use_hta = not args.skip_hta and "hta" in args.steps and hta_available()
     load_before = f"{os.getloadavg()[0]:.1f}"
-    table = ["| trace | step | wall s | peak RSS MiB | × floor wall | notes |",
-             "|---|---|---|---|---|---|"]
+    table = ["| trace | step | wall s (median) | CPU s | peak RSS MiB | × floor wall | notes |",
+             "|---|---|---:|---:|---:|---:|---|"]
     failures = []
     for mb in args.sizes:
-        info_path = DATA / f"large-{mb}mb.info.json"
+        info_path = args.data / f"large-{mb}mb.info.json"
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
         name = f"{info.get('bytes', mb * 1e6) / 1e6:.0f} MB JSON"
-        rows = bench_size(mb, use_hta and mb <= args.hta_max_mb, tuple(args.steps))
+        rows = bench_size(args.data, mb, use_hta and mb <= args.hta_max_mb,
+                          tuple(args.steps), args.repeat)
         floor = rows[0][1].wall_s
         for label, m, note in rows:
             ok = "" if m.rc == 0 else f" **failed (rc {m.rc})**"
@@ -251,8 +320,8 @@ def main(argv: list[str] | None = None) -> None:
                 ok = f" **killed above {MEM_LIMIT_MB / 1024:.0f} GiB RSS**"
             if m.rc != 0 and not m.killed:
                 failures.append((label, mb, m.stderr.strip().splitlines()[-3:]))
-            table.append(f"| {name} | {label}{ok} | {m.wall_s:.2f} | {m.rss_mb:,.0f} | "
-                         f"{m.wall_s / floor:.2f} | {note} |")
+            table.append(f"| {name} | {label}{ok} | {m.wall_s:.2f} | {m.cpu_s:.2f} | "
+                         f"{m.rss_mb:,.0f} | {m.wall_s / floor:.2f} | {note} |")
     print(f"Machine: {machine()}")
     print(f"Date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}; "
           f"load average before/after: {load_before} / {os.getloadavg()[0]:.1f}")

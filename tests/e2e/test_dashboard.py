@@ -134,8 +134,8 @@ def test_every_view_on_the_sample_runs(dash_duo, dash_state, artifacts) -> None:
 
     _goto(dash_duo, "pipeline")
     dash_duo.wait_for_element("#pp-gantt .bars path", timeout=15)
-    dash_duo.wait_for_text_to_equal("#pp-metric-bubble_over_theory",
-                                    fmt_value(head["bubble_over_theory"], "ratio"))
+    dash_duo.wait_for_text_to_equal("#pp-metric-bubble_fraction",
+                                    fmt_value(head["bubble_fraction"], "fraction"))
     _shot(dash_duo, artifacts, "pipeline")
 
     _goto(dash_duo, "traffic")

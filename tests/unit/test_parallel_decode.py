@@ -132,13 +132,14 @@ def test_gzip_and_bad_files_match(tmp_path: Path) -> None:
     cut = tmp_path / "cut.json"
     cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     for p in (gz, cut):
-        assert_same(_outcome(decode_whole, p), _outcome(lambda q: decode_file(q, chunk_bytes=300), p), p)
+        batched = _outcome(lambda q: decode_file(q, chunk_bytes=300), p)
+        assert_same(_outcome(decode_whole, p), batched, p)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", TRACES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_parallel_decode_equals_whole_decode(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(chunked, "MIN_BYTES_PER_WORKER", 0)
+    monkeypatch.setattr(chunked, "MIN_BYTES_PER_WORKER", 1)
     chunk = max(256, _text_size(path) // 9)
     assert_same(
         _outcome(decode_whole, path),
@@ -149,7 +150,7 @@ def test_parallel_decode_equals_whole_decode(path: Path, monkeypatch: pytest.Mon
 
 @pytest.mark.slow
 def test_parallel_ranges_cover_every_event(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(chunked, "MIN_BYTES_PER_WORKER", 0)
+    monkeypatch.setattr(chunked, "MIN_BYTES_PER_WORKER", 1)
     path = _kineto_like(tmp_path, "t.json", indent=2, extra_tail={"traceName": "t"}, n=400)
     whole = decode_whole(path)
     ff = chunked.decode_chunked(path, workers=3, chunk_bytes=2_000)

@@ -48,6 +48,7 @@ def body(state: DashboardState, rid: str | None) -> Any:
     else:
         parts.append(unavailable(report, "traffic_by_phase"))
     parts.append(section("Per source rank", registry_table(report, "traffic", show_title=False)))
+    parts.append(section("Node limit", registry_table(report, "routing", show_title=False)))
     parts.append(registry_table(report, "traffic_by_collective"))
     parts.append(registry_table(report, "traffic_by_phase", sort="total_bytes", max_rows=24))
     return html.Div(parts)
