@@ -14,7 +14,12 @@ if .venv/bin/python -c "import torch" 2>/dev/null && $OS profile --help >/dev/nu
   # limit M = 1 < 2 nodes binds, so dispatch/combine cross IB *and* NVLink
   $OS profile --workload dualpipe-moe --schedule dualpipe --pp 2 --ep 4 --nodes 2 \
     --gpus-per-node 4 --micro-batches 8 --out runs/demo --force   # --force: replace the last demo run
-  $OS analyze runs/demo --tables summary,annotations,pipeline,traffic,traffic_by_collective
-  echo "== Routing statistics of rank 0 (node limit: tokens redirected, IB bytes saved)"
-  .venv/bin/python -c "import json; r = json.load(open('runs/demo/run.json'))['ranks'][0]['routing']; print({k: r[k] for k in ('max_nodes', 'nodes', 'tokens', 'tokens_redirected', 'ib_bytes', 'ib_bytes_unlimited', 'ib_bytes_saved')})"
+  $OS analyze runs/demo --tables summary,annotations,pipeline,traffic,traffic_by_collective,routing
+  run=runs/demo
+else
+  echo "(torch is not installed: skipped profiling a reference run; bash scripts/setup.sh profiling)"
+  run=sample_traces
 fi
+echo
+echo "== Look at it in the web dashboard (all ranks on one timeline, overlap, pipeline, traffic):"
+echo "   .venv/bin/overlapscope dashboard $run     # then open http://127.0.0.1:8050"
