@@ -547,16 +547,31 @@ def build_timeline(
 TIMELINE_CACHE_VERSION = 1
 
 
-def timeline_cache_key(files: list[Path], rules: RuleSet | None) -> str:
+def timeline_cache_key(
+    files: list[Path], rules: RuleSet | None, variant: str | None = None
+) -> str:
     """Key of a run's timeline: the content hashes of its trace files (in run order,
     memoised by ``cache.content_hash``), the classification rules and the versions of
-    the frame and timeline layouts."""
+    the frame and timeline layouts. ``variant`` names a timeline of other frames of
+    the same files (e.g. :func:`clock_variant` for clock-corrected times); None is the
+    raw timeline (whose key does not change with this argument)."""
     h = hashlib.blake2b(digest_size=20)
     h.update(f"timeline v{TIMELINE_CACHE_VERSION} frames v{CACHE_SCHEMA_VERSION}\n".encode())
     for f in files:
         h.update(content_hash(Path(f)).encode() + b"\n")
     h.update(repr(rules).encode())
+    if variant is not None:
+        h.update(b"\nvariant " + variant.encode())
     return h.hexdigest()
+
+
+def clock_variant(model: Any) -> str:
+    """Cache variant of a timeline on times corrected by ``model`` (a
+    ``skew.ClockModel``): the model's reference, offsets and drifts, so a changed
+    estimate never reuses a stale entry."""
+    off = ",".join(f"{r}:{model.offset_ns[r]:.3f}" for r in sorted(model.offset_ns))
+    dr = ",".join(f"{r}:{model.drift_ppm.get(r, 0.0):.6f}" for r in sorted(model.offset_ns))
+    return f"corrected ref={model.reference} off={off} drift={dr}"
 
 
 def _timeline_entry(key: str) -> Path:
@@ -565,10 +580,11 @@ def _timeline_entry(key: str) -> Path:
 
 def cached_timeline(
     files: list[Path], frames: TraceFrames, *, rules: RuleSet | None = None,
-    cache: bool = True,
+    cache: bool = True, variant: str | None = None,
 ) -> tuple[Timeline, bool]:
     """:func:`build_timeline` through a cache under ``$OVERLAPSCOPE_CACHE_DIR``
-    (``timeline-vN/<key>``, key from :func:`timeline_cache_key`).
+    (``timeline-vN/<key>``, key from :func:`timeline_cache_key`; ``variant`` keeps
+    the entry of e.g. clock-corrected ``frames`` apart from the raw one).
 
     Returns (timeline, came from the cache). Building it costs the run's work items
     plus the index (seconds on a large run); loading costs reading a few parquet
@@ -578,7 +594,7 @@ def cached_timeline(
     if not cache:
         return build_timeline(frames, rules=rules), False
     try:
-        entry = _timeline_entry(timeline_cache_key(files, rules))
+        entry = _timeline_entry(timeline_cache_key(files, rules, variant))
     except OSError:
         return build_timeline(frames, rules=rules), False
     if (entry / "meta.json").exists():
@@ -592,7 +608,8 @@ def cached_timeline(
         entry.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
         tl.save(tmp)
-        meta = {"files": [str(f) for f in files], "intervals": tl.intervals.height}
+        meta = {"files": [str(f) for f in files], "intervals": tl.intervals.height,
+                "variant": variant}
         (tmp / "meta.json").write_text(json.dumps(meta))
         if entry.exists():  # an unreadable entry: replace it
             shutil.rmtree(entry, ignore_errors=True)

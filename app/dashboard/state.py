@@ -7,6 +7,10 @@ progress. The batch API's caches (decoded frames as parquet, and the Report
 cache where there is one) make a reopened run fast; the timeline (lanes, work items
 and range-max index) is cached next to them (``analyzers.timeline.cached_timeline``,
 keyed by the content hashes of the run's files), so a reopened run does not rebuild it.
+
+Multi-rank runs get a second timeline on clock-corrected times (``skew.estimate_skew``
+of the raw frames, computed once per run here; ``skew.correct_frames``), cached under
+its own key; the Timeline page's "clock" toggle only picks which one to show.
 """
 
 from __future__ import annotations
@@ -27,10 +31,16 @@ from typing import Any, Literal
 from overlapscope.analyzers import Progress, ReportOptions, RunResult, analyze
 from overlapscope.analyzers.errors import TraceError
 from overlapscope.analyzers.load import run_files
-from overlapscope.analyzers.timeline import Timeline, cached_timeline, warp_timeline
+from overlapscope.analyzers.timeline import (
+    Timeline,
+    cached_timeline,
+    clock_variant,
+    warp_timeline,
+)
 from overlapscope.app.dashboard.paths import UPLOAD_SUFFIXES, PathError, resolve_under
 
 Status = Literal["queued", "loading", "ready", "error"]
+Clock = Literal["raw", "corrected"]
 
 
 class UploadError(ValueError):
@@ -51,10 +61,24 @@ class RunEntry:
     total: int = 0
     error: str | None = None
     result: RunResult | None = None
-    timeline: Timeline | None = None
+    timeline: Timeline | None = None  # on the time axis the report used (``clock``)
     warps: Timeline | None = None
     seconds: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: timelines by clock: "raw", and "corrected" where the skew estimate has anchors
+    timelines: dict[str, Timeline] = field(default_factory=dict)
+    clock: Clock = "raw"  # the report's time axis (facts["time_axis"])
+    clock_note: str = ""  # why there is no clock toggle, or what "corrected" means
+    skew: Any = None  # skew.SkewResult of the raw frames (None for a single rank)
+
+    def timeline_on(self, clock: str | None) -> Timeline | None:
+        """The timeline on ``clock`` ("raw" / "corrected"); the default one otherwise."""
+        return self.timelines.get(str(clock), self.timeline) if clock else self.timeline
+
+    @property
+    def has_clock_toggle(self) -> bool:
+        """True when both a raw and a corrected timeline exist."""
+        return "raw" in self.timelines and "corrected" in self.timelines
 
     @property
     def ready(self) -> bool:
@@ -70,6 +94,55 @@ class RunEntry:
         if self.total:
             return f"{self.label}: {self.stage} {self.done}/{self.total}"
         return f"{self.label}: {self.stage}"
+
+
+@dataclass
+class ClockViews:
+    """A run's timelines on each clock, the default one and what the toggle says."""
+
+    timelines: dict[str, Timeline]
+    default: Clock
+    note: str
+    skew: Any = None
+    cached: dict[str, bool] = field(default_factory=dict)
+
+
+def clock_views(
+    frames: Any, files: list[Path] | None, *, rules: Any = None, cache: bool = True,
+    time_axis: str | None = "raw",
+) -> ClockViews:
+    """Raw and (multi-rank runs with skew anchors) clock-corrected timelines of
+    ``frames`` (RAW, uncorrected frames, as ``analyze(keep_frames=True)`` gives).
+
+    The skew estimate is made once here. ``files``: the run's trace files, for the
+    timeline cache (None or ``cache=False``: built, not cached); the corrected timeline's
+    cache key names the clock model. ``time_axis``: the report's ``facts["time_axis"]``,
+    the default when the corrected timeline exists.
+    """
+    from overlapscope.analyzers.skew import correct_frames, estimate_skew
+
+    use_cache = cache and bool(files)
+
+    def build(fr: Any, variant: str | None) -> tuple[Timeline, bool]:
+        return cached_timeline(list(files or []), fr, rules=rules, cache=use_cache,
+                               variant=variant)
+
+    raw, hit = build(frames, None)
+    tls: dict[str, Timeline] = {"raw": raw}
+    cached = {"raw": hit}
+    if frames.ranks.height < 2:
+        return ClockViews(tls, "raw", "single rank: one clock", None, cached)
+    skew = estimate_skew(frames)
+    if not skew.has_anchors:
+        return ClockViews(tls, "raw", "no cross-rank anchors (synchronising collectives or "
+                          "matched send/recv pairs): raw clocks only", skew, cached)
+    tls["corrected"], cached["corrected"] = build(
+        correct_frames(frames, skew.model), clock_variant(skew.model))
+    ref = skew.model.reference
+    note = (f"corrected: every rank on rank {ref}'s clock (skew table)" if ref is not None
+            else "corrected: ranks on one clock (skew table)")
+    default: Clock = "corrected" if time_axis == "corrected" else "raw"
+    return ClockViews(tls, default, note, skew, cached)
 
 
 def _label(path: Path) -> str:
@@ -156,17 +229,25 @@ class DashboardState:
             self._set(entry, stage="building the timeline", done=0, total=0)
             frames = run.frames
             timeline = warps = None
+            views: ClockViews | None = None
             if frames is not None:
                 if frames.is_gpu or frames.cpu_ops.height:
-                    timeline, hit = cached_timeline(
-                        run_files(entry.path), frames, rules=self.options.rules(),
-                        cache=self.cache)
-                    entry.extra["timeline_cached"] = hit
+                    views = clock_views(
+                        frames, run_files(entry.path), rules=self.options.rules(),
+                        cache=self.cache, time_axis=run.report.facts.get("time_axis"))
+                    timeline = views.timelines[views.default]
+                    entry.extra["timeline_cached"] = views.cached["raw"]
+                    if "corrected" in views.cached:
+                        entry.extra["corrected_timeline_cached"] = views.cached["corrected"]
                 if frames.warp_events.height:
                     warps = warp_timeline(frames)
             entry.extra["timeline_s"] = time.perf_counter() - t0 - entry.extra["analyze_s"]
+            clock_kw: dict[str, Any] = {}
+            if views is not None:
+                clock_kw = {"timelines": views.timelines, "clock": views.default,
+                            "clock_note": views.note, "skew": views.skew}
             self._set(entry, result=run, timeline=timeline, warps=warps, status="ready",
-                      stage="ready", seconds=time.perf_counter() - t0)
+                      stage="ready", seconds=time.perf_counter() - t0, **clock_kw)
         except TraceError as exc:
             self._set(entry, status="error", error=exc.reason, stage="failed")
         except Exception as exc:  # noqa: BLE001 - a bad trace must never stop the server
@@ -245,4 +326,5 @@ class DashboardState:
             shutil.rmtree(self._upload_dir, ignore_errors=True)
 
 
-__all__ = ["DashboardState", "PathError", "RunEntry", "UploadError"]
+__all__ = ["ClockViews", "DashboardState", "PathError", "RunEntry", "UploadError",
+           "clock_views"]

@@ -1,6 +1,10 @@
 """Timeline: all ranks on one time axis, lanes per stream / thread / annotation depth,
 exposed communication shaded; zoom and pan ask the server for the window's rectangles
-(``Timeline.view``: at most lanes x pixel columns, never raw events)."""
+(``Timeline.view``: at most lanes x pixel columns, never raw events).
+
+Multi-rank runs whose skew estimate has anchors offer a "clock: raw | corrected"
+toggle (default: the report's ``facts["time_axis"]``); both timelines are prepared
+when the run loads (``state.clock_views``), the toggle only picks one."""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from overlapscope.app.dashboard.components.figures import (
 )
 from overlapscope.app.dashboard.components.format import fmt_ns
 from overlapscope.app.dashboard.components.tables import message
-from overlapscope.app.dashboard.state import DashboardState
+from overlapscope.app.dashboard.state import DashboardState, RunEntry
 
 PATH = "/timeline"
 NAME = "Timeline"
@@ -33,6 +37,9 @@ GROUPS = {
     "work": ["compute", "comm", "thread"],
     "exposed": ["exposed"],
 }
+CLOCK_OPTIONS = [{"label": " raw", "value": "raw"},
+                 {"label": " corrected", "value": "corrected"}]
+_HIDDEN = {"display": "none"}
 
 
 def layout(state: DashboardState, **_query: Any) -> html.Div:
@@ -52,6 +59,11 @@ def layout(state: DashboardState, **_query: Any) -> html.Div:
                          {"label": " streams / threads", "value": "work"},
                          {"label": " exposed comm", "value": "exposed"}],
                 value=["annotation", "work", "exposed"], inline=True)], className="control"),
+            html.Div([html.Label("clock"),
+                      dcc.RadioItems(id="tl-clock", options=CLOCK_OPTIONS, value="raw",
+                                     inline=True, style=_HIDDEN),
+                      html.Span(id="tl-clock-note", className="hint")],
+                     className="control", id="tl-clock-box"),
             html.Button("Whole run", id="tl-reset", n_clicks=0, className="button"),
         ], className="controls"),
         html.Div(id="tl-message"),
@@ -92,6 +104,20 @@ def render(
     return fig, {"rects": rects.height, "lanes": lanes.height, "pixels": pixels}
 
 
+def clock_control(
+    entry: RunEntry | None, current: str | None = None, keep: bool = False
+) -> tuple[dict[str, Any], str, str]:
+    """(radio style, value, note) of the clock toggle for ``entry``: shown only when it
+    has a raw and a corrected timeline; ``keep`` keeps ``current`` when it exists."""
+    if entry is None or not entry.timelines:
+        return _HIDDEN, "raw", ""
+    if not entry.has_clock_toggle:
+        return _HIDDEN, "raw", entry.clock_note or "raw clocks only"
+    value = current if keep and current in entry.timelines else entry.clock
+    note = f"{entry.clock_note}; the report used {entry.clock} times"
+    return {"display": "inline-block"}, value, note
+
+
 def register(app: Dash, state: DashboardState) -> None:
     """Callbacks of the Timeline view."""
 
@@ -110,6 +136,18 @@ def register(app: Dash, state: DashboardState) -> None:
         keep = [r for r in (current or []) if r in all_ranks]
         value = keep or all_ranks[:DEFAULT_RANKS]
         return [{"label": f"rank {r}", "value": r} for r in all_ranks], value
+
+    @app.callback(
+        Output("tl-clock", "style"),
+        Output("tl-clock", "value"),
+        Output("tl-clock-note", "children"),
+        Input("run-select", "value"),
+        Input("runs-version", "data"),
+        State("tl-clock", "value"),
+    )
+    def clock(rid: str | None, _v: int, current: str | None) -> tuple[Any, Any, Any]:
+        entry, _ = selected(state, rid)
+        return clock_control(entry, current, keep=ctx.triggered_id == "runs-version")
 
     app.clientside_callback(
         """function(_opts) {
@@ -130,17 +168,19 @@ def register(app: Dash, state: DashboardState) -> None:
         Input("tl-groups", "value"),
         Input("tl-graph", "relayoutData"),
         Input("tl-reset", "n_clicks"),
+        Input("tl-clock", "value"),
         State("run-select", "value"),
         State("tl-window", "data"),
         State("tl-width", "data"),
     )
     def draw(ranks: list[int] | None, groups: list[str] | None, relayout: Any, _reset: int,
-             rid: str | None, window: dict[str, Any] | None, width: int | None) -> tuple:
+             clock: str | None, rid: str | None, window: dict[str, Any] | None,
+             width: int | None) -> tuple:
         started = time.perf_counter()
         entry, msg = selected(state, rid)
         if entry is None:
             return empty_figure("No run loaded."), "", None, msg
-        tl = entry.timeline
+        tl = entry.timeline_on(clock)
         if tl is None or tl.index.size == 0:
             reason = entry.result.report.not_applicable.get(  # type: ignore[union-attr]
                 "summary", "nothing to draw")
@@ -163,13 +203,16 @@ def register(app: Dash, state: DashboardState) -> None:
             t1 = t0 + 1
         pixels = int(min(2400, max(200, (width or DEFAULT_PIXELS + 250) - 250)))
         fig, n = render(tl, ranks or [], groups or [], t0, t1, pixels,
-                        revision=f"{entry.id}:{sorted(ranks or [])}:{sorted(groups or [])}")
+                        revision=f"{entry.id}:{clock}:{sorted(ranks or [])}:"
+                                 f"{sorted(groups or [])}")
         ms = (time.perf_counter() - started) * 1e3
         stats = html.Span([
             html.Span(str(n["rects"]), id="tl-rect-count"), " rectangles for ",
             html.Span(str(n["lanes"]), id="tl-lane-count"), " lanes × ",
             html.Span(str(n["pixels"]), id="tl-px"), " pixel columns · window ",
             html.Span(fmt_ns(t1 - t0), id="tl-span"), f" · {ms:.0f} ms on the server",
+            *([" · clock: ", html.Span(clock, id="tl-clock-shown")]
+              if entry.has_clock_toggle and clock in entry.timelines else []),
         ])
         return fig, stats, {"run": entry.id, "t0": t0, "t1": t1}, None
 
@@ -177,16 +220,18 @@ def register(app: Dash, state: DashboardState) -> None:
         Output("tl-info", "children"),
         Input("tl-graph", "clickData"),
         State("run-select", "value"),
+        State("tl-clock", "value"),
         prevent_initial_call=True,
     )
-    def click(data: dict[str, Any] | None, rid: str | None) -> Any:
+    def click(data: dict[str, Any] | None, rid: str | None, clock: str | None) -> Any:
         entry, _ = selected(state, rid)
-        if entry is None or entry.timeline is None or not data or not data.get("points"):
+        tl = entry.timeline_on(clock) if entry is not None else None
+        if tl is None or not data or not data.get("points"):
             return no_update
         custom = data["points"][0].get("customdata")
         if not custom:
             return no_update
-        info = entry.timeline.describe(int(custom[0]))
+        info = tl.describe(int(custom[0]))
         fields = [
             ("name", info.get("name")),
             ("lane", info.get("lane")),
