@@ -10,10 +10,33 @@
 ``TABLES`` and ``METRICS`` declare every table and headline metric.
 """
 
-from overlapscope.analyzers.batch import BatchResult, Progress, RunResult, analyze
-from overlapscope.analyzers.errors import TraceError, WindowError
-from overlapscope.analyzers.inputs import ReportOptions
-from overlapscope.analyzers.report import METRICS, TABLES, Metric, Report, TableSpec, build_report
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from overlapscope.analyzers.batch import BatchResult, Progress, RunResult, analyze
+    from overlapscope.analyzers.errors import TraceError, WindowError
+    from overlapscope.analyzers.options import ReportOptions
+    from overlapscope.analyzers.report import (
+        METRICS,
+        TABLES,
+        Metric,
+        Report,
+        TableSpec,
+        build_report,
+    )
+
+#: Public name -> module defining it. Imported on first use (PEP 562), so importing one
+#: light submodule (the CLI reopening a cached Report) does not import the analyses.
+_EXPORTS = {
+    "BatchResult": "batch", "Progress": "batch", "RunResult": "batch", "analyze": "batch",
+    "TraceError": "errors", "WindowError": "errors",
+    "ReportOptions": "options",
+    "METRICS": "report", "TABLES": "report", "Metric": "report", "Report": "report",
+    "TableSpec": "report", "build_report": "report",
+}
 
 __all__ = [
     "METRICS",
@@ -30,3 +53,21 @@ __all__ = [
     "analyze",
     "build_report",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:  # `analyzers.batch` without importing it first still works
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -8,16 +8,21 @@
 This is the one front door the CLI, the dashboard and ``compare`` share. Work is
 spread over worker processes: the rank files of one run are decoded in parallel
 (at most ``workers`` files in flight, so memory stays near workers x largest
-file), and several runs are analyzed one per worker. ``engine="ray"`` sends the
-same per-run work to a Ray cluster (see :mod:`overlapscope.analyzers.batch_ray`).
+file) and the run is analyzed here. Several runs go file by file too: every rank
+file of every run is its own task, and each run's analysis (with ``finish``) is
+one more task once its files are decoded; runs start in input order, two at a
+time (the next run decodes while the head one is analyzed), so at most two
+decoded runs are held. ``engine="ray"`` sends the same tasks to a Ray cluster
+(see :mod:`overlapscope.analyzers.batch_ray`).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -89,6 +94,15 @@ def _decode(args: tuple[str, bool] | tuple[str, bool, int]) -> FileFrames:
     return load_file(Path(path), cache=cache, workers=rest[0] if rest else 1)
 
 
+def _decode_or_error(args: tuple[str, bool]) -> FileFrames | TraceError:
+    """One rank file as its own task; a bad file comes back as its TraceError (it
+    becomes its run's error) instead of stopping the other runs' tasks."""
+    try:
+        return _decode(args)
+    except TraceError as exc:
+        return exc
+
+
 def analyze_run(
     path: str | Path,
     options: ReportOptions,
@@ -122,20 +136,82 @@ def analyze_run(
 #: Per-run follow-up work run where the run was analyzed (worker process or Ray task):
 #: ``finish(result, options)`` -> what comes back to the caller (must be picklable).
 Finish = Callable[[RunResult | TraceError, ReportOptions], Any]
+#: What a run's analysis task receives besides its decoded files.
+RunArgs = tuple[str, ReportOptions, bool, bool, Finish | None]
 
 
-def _analyze_task(
-    args: tuple[str, ReportOptions, bool, bool, Finish | None],
-) -> Any:
+def _analyze_task(args: RunArgs) -> Any:
     path, options, cache, keep, finish = args
     out = analyze_run(path, options, cache=cache, keep_frames=keep)
     return finish(out, options) if finish is not None else out
+
+
+def _analyze_decoded(args: RunArgs, *decoded: FileFrames | TraceError) -> Any:
+    """A run whose rank files other tasks decoded: assemble, analyze, finish."""
+    path, options, cache, keep, finish = args
+
+    def decoder(files: list[Path], use_cache: bool) -> Iterator[FileFrames]:
+        for ff in decoded:  # the first bad file in file order is the run's error
+            if isinstance(ff, TraceError):
+                raise ff
+            yield ff
+
+    out = analyze_run(path, options, cache=cache, keep_frames=keep, decoder=decoder)
+    return finish(out, options) if finish is not None else out
+
+
+@dataclass
+class Job:
+    """One run's work for an engine: ``decode(d)`` for each ``d`` in ``decodes`` as its
+    own task, then ``fn(arg, *decoded)`` as one more (with no decodes: ``fn(arg)``);
+    or, when ``fn`` is None, the outcome ``done`` already known."""
+
+    fn: Callable[..., Any] | None = None
+    arg: Any = None
+    decode: Callable[[Any], Any] = _decode_or_error
+    decodes: list[tuple[str, bool]] = field(default_factory=list)
+    done: Any = None
+
+
+def _jobs(
+    paths: list[Path], options: ReportOptions, cache: bool, keep: bool, finish: Finish | None
+) -> Iterator[Job]:
+    """Each run's Job, planned lazily (when the engine is ready to start that run)."""
+    for path in paths:
+        args: RunArgs = (str(path), options, cache, keep, finish)
+        try:
+            plan = _plan(path, options, cache, keep)
+        except TraceError as exc:  # unreadable run: nothing to decode
+            plan = exc
+        if isinstance(plan, list):
+            yield Job(_analyze_decoded, args, decodes=[(str(f), cache) for f in plan])
+        elif plan is None:
+            yield Job(_analyze_task, args)
+        else:
+            yield Job(done=finish(plan, options) if finish is not None else plan)
+
+
+def _plan(
+    path: Path, options: ReportOptions, cache: bool, keep: bool
+) -> list[Path] | RunResult | None:
+    """The rank files to decode one task each; a RunResult for a stored Report whose
+    frames are not wanted (nothing to decode); None for a warp CSV (one task reads it)."""
+    if path.is_file() and path.name.endswith((".csv", ".csv.gz")):
+        return None
+    key = report_cache.report_key(path, options) if cache and not keep else None
+    cached = report_cache.load_report(key, str(path)) if key else None
+    if cached is not None:
+        return RunResult(str(path), cached)
+    return run_files(path)
 
 
 # --- engines ---
 
 
 Mapper = Callable[[Callable[[Any], Any], list[Any]], Iterator[Any]]
+#: Runs in progress at once on the file-by-file engines: the head run and the next, so
+#: workers decode the next run while the head is analyzed; at most two decoded runs.
+RUNS_AHEAD = 2
 
 
 def _size(path: Path) -> int:
@@ -146,10 +222,10 @@ def _size(path: Path) -> int:
 
 
 def default_workers(paths: list[Path]) -> int:
-    """1 for small inputs; else up to one per CPU and per file (or run)."""
+    """1 for small inputs; else up to one per CPU and per rank file (of all runs)."""
     if sum(_size(p) for p in paths) < POOL_MIN_BYTES:
         return 1
-    units = len(paths) if len(paths) > 1 else len(_files_or_empty(paths[0]))
+    units = sum(len(_files_or_empty(p)) for p in paths)
     return max(1, min(os.cpu_count() or 1, units))
 
 
@@ -167,17 +243,68 @@ class _LocalPool:
         self.workers = workers
         self._pool: Executor | None = None
 
-    def map(self, fn: Callable[[Any], Any], items: list[Any]) -> Iterator[Any]:
-        if self.workers <= 1 or len(items) <= 1:
-            return map(fn, items)
+    def executor(self) -> Executor:
         if self._pool is None:
             ctx = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
-        return self._pool.map(fn, items)
+        return self._pool
+
+    def map(self, fn: Callable[[Any], Any], items: list[Any]) -> Iterator[Any]:
+        if self.workers <= 1 or len(items) <= 1:
+            return map(fn, items)
+        return self.executor().map(fn, items)
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _done(value: Any) -> Future[Any]:
+    fut: Future[Any] = Future()
+    fut.set_result(value)
+    return fut
+
+
+@dataclass
+class _Live:
+    job: Job
+    decoding: list[Future[Any]]
+    outcome: Future[Any] | None
+
+
+def _local_runs(
+    jobs: Iterator[Job], pool: Executor, progress: ProgressFn | None
+) -> Iterator[Any]:
+    """Jobs through a local process pool, outcomes in input order: every rank file is
+    a task; once a run's files are all decoded (here, in the parent), its analysis and
+    finish are one more task, so analyses overlap the next run's decoding."""
+    live: deque[_Live] = deque()
+    while True:
+        while len(live) < RUNS_AHEAD and (job := next(jobs, None)) is not None:
+            if job.fn is None:
+                live.append(_Live(job, [], _done(job.done)))
+            elif not job.decodes:
+                live.append(_Live(job, [], pool.submit(job.fn, job.arg)))
+            else:
+                live.append(_Live(job, [pool.submit(job.decode, d) for d in job.decodes], None))
+        if not live:
+            return
+        for run in live:
+            if run.outcome is None and all(f.done() for f in run.decoding):
+                decoded = [f.result() for f in run.decoding]
+                run.decoding = []
+                for i, (file, _) in enumerate(run.job.decodes):
+                    if progress:
+                        progress(Progress("decode", file, i + 1, len(run.job.decodes)))
+                run.outcome = pool.submit(run.job.fn, run.job.arg, *decoded)
+                del decoded
+        head = live[0].outcome
+        if head is not None and head.done():
+            live.popleft()
+            yield head.result()
+            continue
+        busy = [f for r in live for f in (r.decoding or [r.outcome]) if f is not None]
+        wait([f for f in busy if not f.done()], return_when=FIRST_COMPLETED)
 
 
 def analyze(
@@ -206,9 +333,10 @@ def analyze(
     going past a bad input and lists it in ``result.errors``; ``"raise"`` raises
     the first :class:`TraceError`. ``progress`` is called with :class:`Progress`
     events. ``workers``: processes (default: 1 for small inputs, else one per
-    CPU). ``keep_frames`` keeps each run's TraceFrames (the dashboard's timeline
-    needs them). ``engine="ray"`` runs each run as a Ray task (``address``: the
-    cluster; default a local Ray instance); results equal the local engine's.
+    CPU, at most one per rank file). ``keep_frames`` keeps each run's TraceFrames (the dashboard's
+    timeline needs them). ``engine="ray"`` runs the same per-file and per-run tasks
+    on Ray (``address``: the cluster; default a local Ray instance); results equal
+    the local engine's.
     """
     if isinstance(paths, str | Path):
         paths = [paths]
@@ -246,22 +374,26 @@ def map_runs(
     if not paths:
         return done, errors
     n_workers = 1
-    if engine == "ray":
-        from overlapscope.analyzers.batch_ray import ray_mapper
-
-        mapper: Mapper = ray_mapper(address=address, workers=workers)
-        closer: Callable[[], None] = lambda: None  # noqa: E731 - Ray keeps its own cluster
-    else:
+    pool = _LocalPool(1)
+    if engine == "local":
         pool = _LocalPool(workers if workers is not None else default_workers(paths))
-        mapper, closer = pool.map, pool.close
         n_workers = pool.workers
+    outcomes: Iterable[Any] = []
     try:
-        if len(paths) == 1 and engine == "local":  # one run: its rank files decode in parallel
-            one = _one_run(paths[0], options, cache, keep_frames, mapper, progress, n_workers)
-            outcomes: Iterable[Any] = [finish(one, options) if finish is not None else one]
-        else:
-            tasks = [(str(p), options, cache, keep_frames, finish) for p in paths]
-            outcomes = mapper(_analyze_task, tasks)
+        if engine == "ray":  # every run file by file, as Ray tasks
+            from overlapscope.analyzers.batch_ray import ray_runs
+
+            jobs = _jobs(paths, options, cache, keep_frames, finish)
+            outcomes = ray_runs(jobs, address=address, workers=workers)
+        elif len(paths) == 1:  # one run: its rank files decode in parallel, analyzed here
+            one = _one_run(paths[0], options, cache, keep_frames, pool.map, progress, n_workers)
+            outcomes = [finish(one, options) if finish is not None else one]
+        elif n_workers <= 1:  # several runs, one after another in this process
+            tasks: list[RunArgs] = [(str(p), options, cache, keep_frames, finish) for p in paths]
+            outcomes = map(_analyze_task, tasks)
+        else:  # several runs, file by file across the pool
+            jobs = _jobs(paths, options, cache, keep_frames, finish)
+            outcomes = _local_runs(jobs, pool.executor(), progress)
         for i, outcome in enumerate(outcomes):
             if isinstance(outcome, TraceError):
                 if on_error == "raise":
@@ -272,7 +404,9 @@ def map_runs(
             if progress:
                 progress(Progress("analyze", str(paths[i]), i + 1, len(paths)))
     finally:
-        closer()
+        if isinstance(outcomes, Generator):
+            outcomes.close()  # an engine stopped early (on_error="raise") drops its tasks
+        pool.close()
     return done, errors
 
 

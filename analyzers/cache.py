@@ -15,10 +15,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
-from overlapscope.analyzers.kineto.decode import FileFrames
+# The decoder is imported where frames are read or written: content_hash alone (the
+# Report cache key) needs neither it nor msgspec.
+if TYPE_CHECKING:
+    from overlapscope.analyzers.kineto.decode import FileFrames
 
 #: Bump when FileFrames or any frame schema changes: old entries are then ignored.
 CACHE_SCHEMA_VERSION = 3
@@ -57,6 +61,8 @@ def _entry(digest: str) -> Path:
 
 def load_cached(path: Path) -> FileFrames | None:
     """The cached frames of ``path``, or None when absent or unreadable."""
+    from overlapscope.analyzers.kineto.decode import FileFrames
+
     try:
         entry = _entry(content_hash(path))
         meta = json.loads((entry / "meta.json").read_text())
@@ -69,6 +75,8 @@ def load_cached(path: Path) -> FileFrames | None:
 
 def store(path: Path, ff: FileFrames) -> None:
     """Write ``ff`` for ``path``'s content; silently skipped if the disk refuses."""
+    from overlapscope.analyzers.kineto.decode import FileFrames
+
     try:
         entry = _entry(content_hash(path))
         if entry.exists():

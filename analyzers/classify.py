@@ -18,7 +18,7 @@ from typing import Any
 import polars as pl
 
 from overlapscope.analyzers.frames import TraceFrames
-from overlapscope.analyzers.ranges import points_in_intervals, take
+from overlapscope.analyzers.ranges import keys_unique, points_in_intervals, take
 
 DEFAULT_RULES = Path(__file__).with_name("classify_rules.toml")
 KINDS = ("comm", "compute", "memory")
@@ -259,11 +259,12 @@ def classify_cpu_ops(cpu_ops: pl.DataFrame, rules: RuleSet | None = None) -> pl.
 
 def _promote_by_launch(acts: pl.DataFrame, cpu_ops: pl.DataFrame) -> pl.DataFrame:
     """Activities launched inside a host comm op (e.g. NCCL's memcpy) become comm."""
-    launches = (
-        cpu_ops.filter(pl.col("correlation").is_not_null())
-        .select("rank", "pid", "correlation", pl.col("ts_ns").alias("launch_ns"))
-        .unique(subset=["rank", "correlation"], keep="first")
+    launches = cpu_ops.filter(pl.col("correlation").is_not_null()).select(
+        "rank", "pid", "correlation", pl.col("ts_ns").alias("launch_ns")
     )
+    # Row order does not matter below; only duplicated ids need the dedup pass.
+    if not keys_unique(launches, ["rank", "correlation"]):
+        launches = launches.unique(subset=["rank", "correlation"], keep="first")
     comm_ops = cpu_ops.filter(pl.col("kind") == "comm").select(
         "rank",
         "pid",

@@ -181,7 +181,7 @@ COLUMN_MEANINGS: dict[str, str] = {
     "violations_before": "receives ending before their send started, or collective ends "
                          "before another participant started, on raw times",
     "violations_after": "the same causality violations on corrected times",
-    "n_collectives": "synchronising collective instances in the row",
+    "n_collectives": "synchronising collective instances (or send/recv messages) in the row",
     "mean_lateness_ns": "mean arrival minus the earliest arrival at the collective",
     "max_lateness_ns": "largest arrival minus the earliest arrival at the collective",
     "waited_ns": "time the rank waited for the last arrival, summed",
@@ -190,6 +190,7 @@ COLUMN_MEANINGS: dict[str, str] = {
     "cause_phase": "the annotation before the late arrivals whose duration most exceeds the "
                    "same phase on other ranks",
     "cause_excess_ns": "that annotation's duration minus the other ranks' median, summed",
+    "cause_wait_ns": "waiting of other ranks that annotation explains (what-if saving), summed",
     "step_ns": "the step's span over all ranks",
     "whatif_step_ns": "step time had the rank arrived with the second-latest rank wherever "
                       "it was last",

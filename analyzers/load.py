@@ -12,13 +12,14 @@ the earliest event of the run (absolute time = ``baseTimeNanoseconds`` + ts).
 ``meta`` keys set here: source, origin_ns, overlapscope, manifest, gpus_per_node,
 skipped_events (events dropped as unusable: misfit types, non-finite, absurd or
 negative ts/dur), events_without_dur (GPU activities written without ``dur``,
-kept as zero-length) and warnings (sentences for the user: ranks that run.json
-declares but no file holds, activities without a duration).
+kept as zero-length), process_groups (``pg_name`` -> global ranks from
+``distributedInfo.pg_config``, when every file's was read while decoding) and
+warnings (sentences for the user: ranks that run.json declares but no file
+holds, activities without a duration).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -27,57 +28,22 @@ import polars as pl
 
 from overlapscope.analyzers import frames as F
 from overlapscope.analyzers.cache import load_cached, store
+from overlapscope.analyzers.discover import (  # noqa: F401 - also imported from here
+    MANIFEST,
+    TRACE_SUFFIXES,
+    _read_manifest,
+    discover_rank_files,
+    run_files,
+)
 from overlapscope.analyzers.errors import TraceError
 from overlapscope.analyzers.frames import TraceFrames
 from overlapscope.analyzers.kineto.decode import FileFrames, decode_file, rank_from_name
-
-TRACE_SUFFIXES = (".json", ".json.gz")
-MANIFEST = "run.json"
 
 #: Called with (file path, index, number of files) before each file is read.
 ProgressFn = Callable[[Path, int, int], None]
 #: Decodes a run's files, in order: ``decoder(files, cache)`` -> FileFrames per file.
 #: The default decodes one after another; the batch API passes a process pool.
 Decoder = Callable[[list[Path], bool], Iterable[FileFrames]]
-
-
-def run_files(path: str | Path) -> list[Path]:
-    """The trace files a path stands for: itself, or a run directory's rank files."""
-    path = Path(path)
-    if not path.exists():
-        raise TraceError(path, "no such file or directory")
-    return discover_rank_files(path) if path.is_dir() else [path]
-
-
-def discover_rank_files(run_dir: Path) -> list[Path]:
-    """Trace files of a run directory, in manifest order when ``run.json`` lists them."""
-    manifest = _read_manifest(run_dir)
-    listed = manifest.get("rank_files") if manifest else None
-    if isinstance(listed, list) and listed:
-        files = [run_dir / str(name) for name in listed]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise TraceError(run_dir, f"run.json lists missing trace files: {', '.join(missing)}")
-        return files
-    files = sorted(
-        p
-        for p in run_dir.iterdir()
-        if p.is_file() and p.name != MANIFEST and p.name.endswith(TRACE_SUFFIXES)
-    )
-    if not files:
-        raise TraceError(run_dir, "directory holds no trace files (*.json or *.json.gz)")
-    return files
-
-
-def _read_manifest(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / MANIFEST
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise TraceError(path, f"run manifest is not valid JSON: {exc}") from None
-    return data if isinstance(data, dict) else {}
 
 
 def load_file(path: Path, *, cache: bool = True, workers: int = 1) -> FileFrames:
@@ -258,9 +224,30 @@ def _assemble(
         "events_without_dur": no_dur,
         "warnings": _run_warnings(manifest, ranks, no_dur),
     }
+    groups = _process_groups(loaded, ranks)
+    if groups is not None:
+        meta["process_groups"] = groups
     return TraceFrames(
         ranks=pl.DataFrame(rank_rows, schema=F.RANKS_SCHEMA).sort("rank"), meta=meta, **out
     )
+
+
+def _process_groups(loaded: list[FileFrames], ranks: list[int]) -> dict[str, list[int]] | None:
+    """``pg_name`` -> ranks as skew.process_groups reads them from the files (in rank
+    order, the first file naming a group wins); None when some file's pg_config is
+    unknown or unusable, and skew.process_groups then reads the files itself."""
+    if any(ff.pg_config is None for ff in loaded):
+        return None
+    groups: dict[str, list[int]] = {}
+    try:
+        for _, ff in sorted(zip(ranks, loaded, strict=True), key=lambda pair: pair[0]):
+            for pg in ff.pg_config or []:
+                name, members = pg.get("pg_name"), pg.get("ranks")
+                if name is not None and isinstance(members, list) and members:
+                    groups.setdefault(str(name), [int(r) for r in members])
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return groups
 
 
 def _run_warnings(manifest: dict[str, Any], ranks: list[int], no_dur: int) -> list[str]:

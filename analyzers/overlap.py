@@ -324,7 +324,7 @@ def overlap_by_annotation(
     members = annotation_members(items, frames, pattern, rules=rules)
     if members.is_empty():
         return pl.DataFrame(schema={"rank": pl.Int32, "ann_id": pl.Int64, "name": pl.Utf8})
-    m = members.join(items, on="item", how="inner")
+    m = _with_items(members, items)
     key = ["rank", "device", "ann_id"]
     comm = m.filter(pl.col("kind") == "comm")
     compute_all = items.filter(pl.col("kind") == "compute")
@@ -369,6 +369,16 @@ def overlap_by_annotation(
     return out.join(pairs, on=key, how="left").sort("rank", "device", "cpu_start_ns", "ann_id")
 
 
+def _with_items(members: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
+    """``members`` joined with their work items (inner join on ``item``). Item ids are
+    row numbers (work_items), so when they still are, rows are fetched by position."""
+    ids = items["item"]
+    if ids.has_nulls() or not ids.equals(pl.int_range(items.height, dtype=ids.dtype, eager=True),
+                                         check_names=False):
+        return members.join(items, on="item", how="inner")
+    return members.hstack(take(items.drop("item"), members["item"]))
+
+
 def _pairing(m: pl.DataFrame, comm: pl.DataFrame, comm_names: str) -> pl.DataFrame:
     """For each annotation with comm: the compute annotation whose compute covers most
     of it. Candidates hold compute and no comm, and are not named like a host comm op
@@ -385,15 +395,19 @@ def _pairing(m: pl.DataFrame, comm: pl.DataFrame, comm_names: str) -> pl.DataFra
     if comm.is_empty():
         return pl.DataFrame(schema=schema)
     cu = iv.union(comm, key)
-    comm_anns = comm.select("ann_id").unique()
-    candidates = (
-        m.filter((pl.col("kind") == "compute") & ~pl.col("ann_name").str.contains(comm_names))
-        .join(comm_anns, on="ann_id", how="anti")
+    names = m.group_by("ann_id").agg(pl.col("ann_name").first(), pl.col("ann_start_ns").first())
+    # An annotation's name is the same on all its rows: match the regex once per
+    # annotation, not once per member item.
+    allowed = names.filter(
+        ~pl.col("ann_name").str.contains(comm_names)
+        & ~pl.col("ann_id").is_in(comm["ann_id"].unique().implode())
+    )["ann_id"]
+    candidates = m.filter(
+        (pl.col("kind") == "compute") & pl.col("ann_id").is_in(allowed.implode())
     )
     pu = iv.union(candidates, key)
     if pu.is_empty():
         return pl.DataFrame(schema=schema)
-    names = m.group_by("ann_id").agg(pl.col("ann_name").first(), pl.col("ann_start_ns").first())
     cu = cu.sort([*key, "start_ns"])
     pu = pu.sort([*key, "start_ns"])
     rows = overlapping_pairs(cu, pu, by=DEVICE_KEY)

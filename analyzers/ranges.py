@@ -19,6 +19,20 @@ def take(df: pl.DataFrame, rows: pl.Series | np.ndarray) -> pl.DataFrame:
     return df.select(pl.all().gather(pl.Series(np.asarray(rows), dtype=pl.Int64)))
 
 
+def keys_unique(df: pl.DataFrame, cols: list[str]) -> bool:
+    """True when no two rows share the values of ``cols`` (integer columns without
+    nulls; anything else answers False, so callers take their general path)."""
+    if any(not df.schema[c].is_integer() or df[c].has_nulls() for c in cols):
+        return False
+    keys = [df[c].to_numpy() for c in cols]
+    order = np.lexsort(keys[::-1])
+    same = np.ones(max(df.height - 1, 0), dtype=bool)
+    for k in keys:
+        k = k[order]
+        same &= k[1:] == k[:-1]
+    return not same.any()
+
+
 def _ranges_to_pairs(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For rows i with ranges [lo_i, hi_i): (row index repeated, positions)."""
     counts = np.maximum(hi - lo, 0)
@@ -35,7 +49,12 @@ def _groups(df: pl.DataFrame, by: list[str]) -> dict[tuple, np.ndarray]:
     if not by:
         return {(): np.arange(df.height, dtype=np.int64)}
     idx = df.select(by).with_row_index("_i").group_by(by).agg(pl.col("_i"))
-    return {tuple(row[:-1]): np.asarray(row[-1], dtype=np.int64) for row in idx.iter_rows()}
+    if idx.is_empty():
+        return {}
+    # Row numbers leave polars as one array (not as Python ints), split per group.
+    flat = idx["_i"].explode().to_numpy().astype(np.int64)
+    bounds = np.cumsum(idx["_i"].list.len().to_numpy())[:-1]
+    return dict(zip(idx.select(by).rows(), np.split(flat, bounds), strict=True))
 
 
 def points_in_intervals(

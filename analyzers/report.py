@@ -17,13 +17,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
 
 from overlapscope.analyzers.columns import column_meaning, column_unit
-from overlapscope.analyzers.inputs import Inputs, ReportOptions
-from overlapscope.analyzers.tables import BUILDERS
+from overlapscope.analyzers.options import ReportOptions
+
+# The analyses (Inputs, the table builders) are imported where a Report is built, not
+# here: the CLI reads the declarations and reopens cached Reports without them.
+if TYPE_CHECKING:
+    from overlapscope.analyzers.inputs import Inputs
 
 __all__ = [
     "METRICS",
@@ -59,6 +63,8 @@ class TableSpec:
     @property
     def build(self) -> Callable[[Inputs], pl.DataFrame | str]:
         """The builder: returns the table, or a string saying why it does not apply."""
+        from overlapscope.analyzers.tables import BUILDERS
+
         return BUILDERS[self.name]
 
     def unit(self, column: str) -> str:
@@ -255,10 +261,11 @@ TABLES: dict[str, TableSpec] = {
         ),
         _t(
             "stragglers",
-            "Per step, rank and collective: arrival lateness, waiting caused, the phase "
-            "that made the rank late, and the step time without that lateness",
+            "Per step, rank and collective or send/recv peer: arrival lateness, waiting "
+            "caused, the phase that made the rank late, and the step time without that "
+            "lateness",
             "step rank collective n_collectives mean_lateness_ns max_lateness_ns waited_ns "
-            "others_waited_ns times_last cause_phase cause_excess_ns step_ns "
+            "others_waited_ns times_last cause_phase cause_excess_ns cause_wait_ns step_ns "
             "whatif_step_ns straggler",
             "step rank collective straggler max_lateness_ns others_waited_ns cause_phase "
             "whatif_step_ns step_ns",
@@ -434,6 +441,8 @@ def build_report(
     :class:`~overlapscope.analyzers.errors.WindowError` when ``options.window`` is
     not a valid regex or matches no annotation (bad input, not a bug).
     """
+    from overlapscope.analyzers.inputs import Inputs
+
     inputs = Inputs.create(frames, options or ReportOptions())
     out = Report(source=str(frames.meta.get("source", "")), tables={})
     for name, spec in TABLES.items():
@@ -454,3 +463,12 @@ def build_report(
     out.facts = inputs.facts()
     out.notes = inputs.notes()
     return out
+
+
+def __getattr__(name: str) -> Any:
+    # `Inputs` stays importable from here (it is in __all__) without a top-level import.
+    if name == "Inputs":
+        from overlapscope.analyzers.inputs import Inputs
+
+        return Inputs
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

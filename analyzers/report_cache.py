@@ -32,6 +32,9 @@ from typing import Any
 #: Bump when the entry layout or the Report's fields change.
 REPORT_CACHE_VERSION = 1
 _ANALYZERS = Path(__file__).resolve().parent
+#: classify.DEFAULT_RULES, named here so that computing a key does not import classify
+#: (and numpy): a reopened Report needs no analysis module.
+_DEFAULT_RULES = _ANALYZERS / "classify_rules.toml"
 
 
 def _root() -> Path:
@@ -72,9 +75,8 @@ def report_key(path: str | Path, options: Any) -> str | None:
     """The cache key of ``path`` analyzed with ``options``; None when it cannot be
     computed (missing input, unreadable rules): the caller then analyzes as usual."""
     from overlapscope.analyzers.cache import content_hash
-    from overlapscope.analyzers.classify import DEFAULT_RULES
+    from overlapscope.analyzers.discover import MANIFEST, run_files
     from overlapscope.analyzers.errors import TraceError
-    from overlapscope.analyzers.load import MANIFEST, run_files
 
     try:
         p = Path(path)
@@ -90,7 +92,7 @@ def report_key(path: str | Path, options: Any) -> str | None:
         manifest = p / MANIFEST
         if p.is_dir() and manifest.is_file():
             parts.append("manifest=" + _file_digest(manifest))
-        parts.append("rules=" + _file_digest(DEFAULT_RULES))
+        parts.append("rules=" + _file_digest(_DEFAULT_RULES))
         extra = getattr(options, "rules_file", None) or os.environ.get("OVERLAPSCOPE_RULES")
         if extra:
             parts.append(f"user-rules={extra}={_file_digest(Path(extra))}")
@@ -172,3 +174,17 @@ def store_report(key: str, report: Any) -> bool:
     except OSError:
         return False
     return True
+
+
+def reopen(paths: list[str | Path], options: Any) -> list[Any] | None:
+    """The stored Reports of ``paths`` (in order) when every one of them has an entry;
+    None otherwise (the caller then runs the batch API, which reads the entries there
+    are and analyzes the rest). Imports no analysis module: the CLI's fast path."""
+    reports = []
+    for path in paths:
+        key = report_key(path, options)
+        report = load_report(key, str(Path(path))) if key else None
+        if report is None:
+            return None
+        reports.append(report)
+    return reports

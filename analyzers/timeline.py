@@ -16,6 +16,8 @@ A run's timeline is a set of **lanes** (one row of rectangles each) holding
 **longest interval overlapping the column** is chosen (as Perfetto does);
 neighbouring columns that chose the same interval give one rectangle. So a view
 never holds more than ``lanes x pixels`` rectangles, whatever the trace size.
+:func:`merge_touching` then draws touching rectangles of one kind as one bar (what
+the dashboard sends: no pixel changes, far fewer bars on zoomed-out windows).
 
 The index (:class:`LaneIndex`) sorts each lane's intervals by start and keeps
 the running maximum of their ends. The intervals overlapping a column
@@ -255,6 +257,48 @@ class LaneIndex:
         return lane_ids, rows
 
 
+def merge_touching(rects: pl.DataFrame) -> pl.DataFrame:
+    """Rectangles of one lane and kind whose columns touch (``px0`` of one equals
+    ``px1`` of the previous) drawn as one.
+
+    At a zoomed-out window a busy stream has a different winner in every column, yet
+    neighbouring winners of one colour look like one bar: merging them changes no
+    pixel but sends one rectangle instead of hundreds. A merged rectangle spans its
+    members' earliest start to their latest end, keeps the longest member's row,
+    name, comm_type and item (ties: the earliest), and counts its ``members`` (u32).
+    An empty column (no interval) or a change of kind still splits bars. Input: the
+    :meth:`Timeline.view` schema (lane-major, columns ascending); output: the same
+    columns plus ``members``.
+    """
+    if rects.is_empty():
+        return rects.with_columns(pl.lit(0, dtype=pl.UInt32).alias("members"))
+    new_bar = (
+        (pl.col("lane") != pl.col("lane").shift(1))
+        | (pl.col("kind") != pl.col("kind").shift(1))
+        | (pl.col("px0") != pl.col("px1").shift(1))
+    ).fill_null(True)
+    dur = pl.col("end_ns") - pl.col("start_ns")
+    longest = pl.col("_d").arg_max()  # first of equal maxima: the earliest member
+    return (
+        rects.with_columns(new_bar.cum_sum().alias("_bar"), dur.alias("_d"))
+        .group_by("_bar", maintain_order=True)
+        .agg(
+            pl.col("lane").first(),
+            pl.col("row").get(longest),
+            pl.col("start_ns").min(),
+            pl.col("end_ns").max(),
+            pl.col("name").get(longest),
+            pl.col("kind").first(),
+            pl.col("comm_type").get(longest),
+            pl.col("item").get(longest),
+            pl.col("px0").first(),
+            pl.col("px1").last(),
+            pl.len().cast(pl.UInt32).alias("members"),
+        )
+        .drop("_bar")
+    )
+
+
 def column_edges(t0_ns: int, t1_ns: int, pixels: int) -> np.ndarray:
     """The ``pixels + 1`` integer column edges of the window ``[t0, t1)``."""
     span = int(t1_ns) - int(t0_ns)
@@ -343,13 +387,16 @@ class Timeline:
         return int(self.index.ends.max()) if self.index.size else 1
 
     def view(
-        self, t0_ns: int, t1_ns: int, pixels: int, lanes: list[int] | None = None
+        self, t0_ns: int, t1_ns: int, pixels: int, lanes: list[int] | None = None,
+        *, names: bool = True,
     ) -> pl.DataFrame:
         """Rectangles of the window ``[t0, t1)`` at ``pixels`` columns (schema above).
 
         At most ``len(lanes) x pixels`` rows: per lane and column the longest
         interval overlapping the column, neighbouring columns with the same
-        winner merged into one rectangle.
+        winner merged into one rectangle. ``names=False`` leaves ``name`` null
+        (gathering long kernel names is most of the cost of a huge answer; a caller
+        can fetch the few it shows by ``row``).
         """
         lane_ids, rows = self.index.query(t0_ns, t1_ns, pixels, lanes)
         n_l, n_p = rows.shape
@@ -361,7 +408,9 @@ class Timeline:
         _, pe = np.nonzero(end_mask)  # same row-major order as the starts
         sorted_rows = rows[li, pi]
         frame_rows = self.index.order[sorted_rows]
-        picked = self.intervals[frame_rows] if len(frame_rows) else self.intervals.clear()
+        source = self.intervals if names else self.intervals.with_columns(
+            pl.lit(None, dtype=pl.Utf8).alias("name"))
+        picked = source[frame_rows] if len(frame_rows) else source.clear()
         return picked.with_columns(
             pl.Series("lane", lane_ids[li], dtype=pl.Int32),
             pl.Series("row", frame_rows, dtype=pl.Int64),
@@ -621,6 +670,48 @@ def cached_timeline(
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     return tl, False
+
+
+def load_cached_timeline(
+    files: list[Path], rules: RuleSet | None = None, variant: str | None = None
+) -> Timeline | None:
+    """The cached timeline of ``files`` (see :func:`cached_timeline`) without the run's
+    frames, or None when there is none. Its ``frames`` (for the annotation shown by
+    :meth:`Timeline.describe`) can be set later."""
+    try:
+        entry = _timeline_entry(timeline_cache_key(files, rules, variant))
+        if not (entry / "meta.json").exists():
+            return None
+        return Timeline.load(entry)
+    except (OSError, ValueError, KeyError, pl.exceptions.PolarsError):
+        return None
+
+
+#: Cache variant holding what the clock (skew) estimate of a run's raw frames decided.
+CLOCK_INFO = "clock-info"
+
+
+def store_clock_info(files: list[Path], rules: RuleSet | None, info: dict[str, Any]) -> None:
+    """Remember what the skew estimate of the run's frames found (``info``: JSON-able;
+    ranks, anchors and the clock model), so a reopened run finds its corrected timeline
+    without loading frames or estimating again. A disk that refuses is ignored."""
+    try:
+        entry = _timeline_entry(timeline_cache_key(files, rules, CLOCK_INFO))
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = entry.parent / f".tmp-{entry.name}-clock.json"
+        tmp.write_text(json.dumps(info, sort_keys=True))
+        tmp.replace(entry.with_suffix(".clock.json"))
+    except OSError:
+        pass
+
+
+def load_clock_info(files: list[Path], rules: RuleSet | None) -> dict[str, Any] | None:
+    """What :func:`store_clock_info` stored for these files and rules, or None."""
+    try:
+        entry = _timeline_entry(timeline_cache_key(files, rules, CLOCK_INFO))
+        return json.loads(entry.with_suffix(".clock.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def warp_timeline(frames: TraceFrames) -> Timeline:

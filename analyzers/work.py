@@ -19,6 +19,7 @@ item i64 (row id).
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from overlapscope.analyzers import intervals as iv
@@ -31,7 +32,7 @@ from overlapscope.analyzers.classify import (
 )
 from overlapscope.analyzers.errors import WindowError
 from overlapscope.analyzers.frames import TraceFrames
-from overlapscope.analyzers.ranges import points_in_intervals, take
+from overlapscope.analyzers.ranges import keys_unique, points_in_intervals, take
 
 DEVICE_KEY = ["rank", "device"]
 HOST_DEVICE = -1
@@ -39,9 +40,21 @@ HOST_DEVICE = -1
 DEFAULT_WINDOW = r"^ProfilerStep#\d+$"
 
 
+def _first_launches(launches: pl.DataFrame) -> pl.DataFrame:
+    """One launch per (rank, correlation), sorted by them: the earliest of a duplicated
+    correlation id, whatever the row order."""
+    if keys_unique(launches, ["rank", "correlation"]):
+        # Ids are unique (the usual case): the key order alone decides, no text sort.
+        return take(launches, np.lexsort((launches["correlation"].to_numpy(),
+                                          launches["rank"].to_numpy())))
+    return launches.sort(
+        "rank", "correlation", "launch_ns", "launch_pid", "launch_tid", nulls_last=True
+    ).unique(subset=["rank", "correlation"], keep="first", maintain_order=True)
+
+
 def _gpu_items(frames: TraceFrames) -> pl.DataFrame:
     acts = frames.activities
-    launches = (
+    launches = _first_launches(
         frames.cpu_ops.filter(pl.col("correlation").is_not_null())
         .filter(
             pl.col("cat").is_in(["cuda_runtime", "cuda_driver", "hip_runtime", "runtime"])
@@ -54,9 +67,6 @@ def _gpu_items(frames: TraceFrames) -> pl.DataFrame:
             pl.col("tid").alias("launch_tid"),
             pl.col("ts_ns").alias("launch_ns"),
         )
-        # The earliest launch of a duplicated correlation id, whatever the row order.
-        .sort("rank", "correlation", "launch_ns", "launch_pid", "launch_tid", nulls_last=True)
-        .unique(subset=["rank", "correlation"], keep="first", maintain_order=True)
     )
     blocks = (
         pl.col("grid_x").fill_null(1)
@@ -353,27 +363,27 @@ def annotation_members(
             pts, cpu_ann, by=by, left_by=left_by,
             point="launch_ns", start="ann_start_ns", end="ann_end_ns",
         )
+        # Only host work by thread needs its own name and launch (the filter below):
+        # pairs run to several per item, so gather no more columns than are read.
+        own = [pl.col("name").alias("_name"), "launch_ns"] if same_thread else []
         got = pl.concat(
             [
-                take(pts, pairs["point_row"]).select(
-                    "item", "kind", pl.col("name").alias("_name"), "launch_ns",
-                    pl.lit(host).alias("_host"),
-                ),
+                take(pts.select("item", *own), pairs["point_row"]),
                 take(cpu_ann, pairs["interval_row"]).drop("rank", "a_pid"),
             ],
             how="horizontal",
         )
-        parts.append(got)
+        if same_thread and got.height:
+            # A gloo:* range is an in-flight send/recv, not a scope: it holds itself
+            # only (ranges of one thread overlap without nesting).
+            comm_range = pl.col("ann_name").str.contains(
+                (rules or load_rules()).host_comm_pattern)
+            itself = (pl.col("_name") == pl.col("ann_name")) & (
+                pl.col("launch_ns") == pl.col("ann_start_ns")
+            )
+            got = got.filter(~comm_range | itself)
+        parts.append(got.select(cols))
     by_launch = pl.concat(parts)
-    if by_thread and by_launch.height:
-        # A gloo:* range is an in-flight send/recv, not a scope: it holds itself only
-        # (ranges of one thread overlap without nesting).
-        comm_range = pl.col("ann_name").str.contains((rules or load_rules()).host_comm_pattern)
-        itself = (pl.col("_name") == pl.col("ann_name")) & (
-            pl.col("launch_ns") == pl.col("ann_start_ns")
-        )
-        by_launch = by_launch.filter(~(pl.col("_host") & comm_range) | itself)
-    by_launch = by_launch.select(cols)
     gpu_ann = ann.filter(pl.col("on_gpu").fill_null(False)).select(
         "rank",
         "device",

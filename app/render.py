@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import sys
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import polars as pl
 from rich import box
-from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 from overlapscope.analyzers.columns import column_meaning, column_unit
 from overlapscope.analyzers.errors import TraceError
@@ -77,6 +82,8 @@ def bad_inputs(errors: Sequence[TraceError]) -> None:
 def progress(enabled: bool) -> Iterator[Progress]:
     """A rich progress bar on stderr (a no-op display when disabled); it is removed
     when done and also when interrupted, so no frozen bar is left behind."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
     bar = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -245,6 +252,70 @@ def fit_columns(
     return shown, dropped, cells, widths
 
 
+#: Cell text the fast row layout handles: printable ASCII and the two one-cell marks
+#: we print ("–" for null, "…" for shortened). Anything else (wide characters, tabs,
+#: control codes) goes through rich.
+_PLAIN = re.compile("[ -~\u2013\u2026]*")
+
+
+def plain_rows(
+    df: pl.DataFrame, shown: Sequence[str], cells: dict[str, list[str]],
+    widths: dict[str, int], width: int,
+) -> list[str] | None:
+    """The body rows of :func:`frame_table`, laid out as rich lays them out, or None
+    where rich must do it: columns wider than ``width`` (rich shrinks them), prose
+    columns (they wrap) or text that is not plain.
+
+    rich takes ~0.3 ms per cell (most of a reopened run's time); this takes ~1 µs.
+    Same layout: text left-justified, numbers right-justified (trailing blanks
+    dropped), each cut to its width with "…", columns joined by 3 spaces (padding
+    1 + 1 and SIMPLE_HEAD's blank rule; no outer padding, no edge)."""
+    if not shown or sum(widths[c] for c in shown) + 3 * len(shown) - 3 > width:
+        return None
+    columns = []
+    for c in shown:
+        w = widths[c]
+        text = df.schema[c] == pl.Utf8
+        if w < 1 or (text and c in PROSE):
+            return None
+        col = []
+        for v in cells[c]:
+            if not _PLAIN.fullmatch(v):
+                return None
+            if not text:
+                v = v.rstrip()
+            if len(v) > w:
+                v = v[: w - 1] + "…"
+            col.append(v.ljust(w) if text else v.rjust(w))
+        columns.append(col)
+    return ["   ".join(row) for row in zip(*columns, strict=True)]
+
+
+class _Lines:
+    """Rows already laid out: printed as they are (no markup, no style)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield Segment("\n".join(self.lines) + "\n")
+
+
+def _table(df: pl.DataFrame, shown: Sequence[str], widths: dict[str, int], host: bool,
+           **kwargs: object) -> Table:
+    # No vertical rules: columns are aligned by spacing, which reads well piped into logs.
+    t = Table(title_justify="left", show_lines=False, pad_edge=False,
+              box=box.SIMPLE_HEAD, show_edge=False, caption_justify="left", **kwargs)
+    for c in shown:
+        if df.schema[c] == pl.Utf8:
+            prose = c in PROSE
+            t.add_column(label(c, host), overflow="fold" if prose else "ellipsis",
+                         no_wrap=not prose, width=widths[c])
+        else:
+            t.add_column(label(c, host), no_wrap=True, justify="right", width=widths[c])
+    return t
+
+
 def frame_table(
     df: pl.DataFrame,
     columns: Sequence[str],
@@ -259,25 +330,26 @@ def frame_table(
     they are a fraction of."""
     console = console or out
     shown, dropped, cells, widths = fit_columns(df, columns, console.width)
-    # No vertical rules: columns are aligned by spacing, which reads well piped into logs.
-    t = Table(title=title, title_justify="left", show_lines=False, pad_edge=False,
-              box=box.SIMPLE_HEAD, show_edge=False)
-    for c in shown:
-        if df.schema[c] == pl.Utf8:
-            prose = c in PROSE
-            t.add_column(label(c, host), overflow="fold" if prose else "ellipsis",
-                         no_wrap=not prose, width=widths[c])
-        else:
-            t.add_column(label(c, host), no_wrap=True, justify="right", width=widths[c])
-    for i in range(df.height):
-        t.add_row(*(Text(cells[c][i]) for c in shown))
+    caption = None
     if caption_columns:
         ratios = [c for c in shown if column_unit(c) in ("fraction", "ratio")]
         if ratios:
-            t.caption = "; ".join(f"{label(c)} = {column_meaning(c)}" for c in ratios
-                                  if column_meaning(c))
-            t.caption_justify = "left"
-    console.print(t)
+            caption = "; ".join(f"{label(c)} = {column_meaning(c)}" for c in ratios
+                                if column_meaning(c))
+    rows = plain_rows(df, shown, cells, widths, console.width)
+    if rows is None:
+        t = _table(df, shown, widths, host, title=title, caption=caption)
+        for i in range(df.height):
+            t.add_row(*(Text(cells[c][i]) for c in shown))
+        console.print(t)
+    else:
+        # rich prints the title, header and rule (a table without rows) and the
+        # caption; the rows between them are laid out here, byte for byte the same.
+        console.print(_table(df, shown, widths, host, title=title))
+        if rows:
+            console.print(_Lines(rows))
+        if caption:
+            console.print(_table(df, shown, widths, host, caption=caption, show_header=False))
     if dropped:
         console.print(Text(f"  ({console.width} columns hide: {', '.join(dropped)}; "
                            "see --format csv|json)", style="dim"))

@@ -1,13 +1,16 @@
 """Wall time of comparing two 64-rank runs: 1 and 2 local workers, and local Ray.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_compare.py --ranks 64 --rank-mb 4
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_compare.py --workers 1 2 4 8 --no-ray
 
 Each run is ``--ranks`` copies of one replicated H200 trace (benchmarks/
 make_large_trace.py, ``--rank-mb`` MB of uncompressed JSON per rank) with
 ``distributedInfo.rank`` rewritten per copy; data goes to ``--out`` (default /tmp).
 The parquet cache is off, so every timing decodes every file. Per-step samples are
 off (``samples=False``: the same per-trace work as ``analyze``) unless ``--samples``.
-Prints a JSON summary.
+Several runs are decoded file by file (every rank file a task), so more workers
+than runs still help: ``--workers`` lists the local worker counts to time (and Ray
+gets the largest as its CPUs). Prints a JSON summary.
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ def main() -> None:
         ROOT / "sample_traces/h200/gpu_overlap_rank0.json.gz")
     ap.add_argument("--source", type=Path, default=src)
     ap.add_argument("--samples", action="store_true", help="also analyze each step alone")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                    help="local worker counts to time (default: 1 2)")
     ap.add_argument("--no-ray", action="store_true")
     args = ap.parse_args()
     runs = make_runs(args.out, args.ranks, args.rank_mb, args.source)
@@ -85,18 +90,22 @@ def main() -> None:
         return compare([r.report for r in loaded], steps=[r.steps for r in loaded]
                        if args.samples else None)
 
-    for workers in (1, 2):
+    frames = []
+    for workers in args.workers:
         t, frame = timed(lambda w=workers: cmp(workers=w))
+        frames.append(frame)
         res[f"compare_local_{workers}_workers_s"] = round(t, 2)
         res[f"compare_local_{workers}_per_trace_ms"] = round(1000 * t / (2 * args.ranks), 1)
+    res["local_equal_across_workers"] = all(f.equals(frames[0]) for f in frames)
     if not args.no_ray:
         import ray
 
         t0 = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        cpus = max(args.workers)
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         res["ray_init_s"] = round(time.perf_counter() - t0, 2)
-        t, ray_frame = timed(lambda: cmp(engine="ray", workers=2))
-        res["compare_ray_2_cpus_s"] = round(t, 2)
+        t, ray_frame = timed(lambda: cmp(engine="ray", workers=cpus))
+        res[f"compare_ray_{cpus}_cpus_s"] = round(t, 2)
         res["ray_equals_local"] = ray_frame.equals(frame)
         ray.shutdown()
     res["headline"] = single[0].headline()

@@ -45,12 +45,26 @@ from overlapscope.analyzers.stragglers import (  # noqa: E402
 )
 
 
-def _truth_from_manifest(frames, inj: dict) -> Truth | None:
+def truth_from_manifest(frames, inj: dict) -> Truth | None:
+    """The injected clocks on the frames' axis (None when none were injected).
+
+    The profiler skews Unix time t to ``t + offset + drift * 1e-6 * (t - ref_unix_ns)``;
+    frames count from ``origin_ns``, so the offset at frame time 0 is ``offset + drift *
+    1e-6 * (origin_ns - ref_unix_ns)``. Ranks without an entry (rank 0) are not skewed.
+    """
     clock = inj.get("clock") or {}
     if not clock:
         return None
-    off = {int(k): float(v.get("offset_ns", 0.0)) for k, v in clock.items()}
-    dr = {int(k): float(v.get("drift_ppm", 0.0)) for k, v in clock.items()}
+    origin = int(frames.meta.get("origin_ns") or 0)
+    ranks = [int(r) for r in frames.ranks["rank"].to_list()]
+    off = {r: 0.0 for r in ranks}
+    dr = {r: 0.0 for r in ranks}
+    for k, v in clock.items():
+        d = float(v.get("drift_ppm", 0.0))
+        ref = v.get("ref_unix_ns")
+        shift = d * 1e-6 * (origin - int(ref)) if ref is not None else 0.0
+        off[int(k)] = float(v.get("offset_ns", 0.0)) + shift
+        dr[int(k)] = d
     t = frames.activities["ts_ns"] if frames.is_gpu else frames.cpu_ops["ts_ns"]
     return Truth(off, dr, int(t.min()), int(t.max()))
 
@@ -132,7 +146,7 @@ def runs_suite(paths: list[Path]) -> list[str]:
         t = res.table
         manifest = frames.meta.get("manifest") or {}
         inj = manifest_injection(manifest)
-        truth = _truth_from_manifest(frames, inj)
+        truth = truth_from_manifest(frames, inj)
         hosts = {r.get("host") for r in manifest.get("ranks", []) if isinstance(r, dict)}
         if truth is not None:
             err = f"{residual_errors(res.model, truth).max() / 1e3:.1f}"

@@ -9,8 +9,10 @@ Events are generated on one true time axis, then stamped by each rank's clock::
 DeepEP ``combine`` (synchronising), and an NCCL all_reduce at the end of each
 step; collective ends coincide on every rank up to a Gaussian jitter. ``cpu_run``
 imitates a gloo pipeline: c10d::send / c10d::recv_ between neighbours (peers
-as group ranks) and a ``gloo:all_reduce`` per step. An injected delay
-(``{"rank", "phase", "ms"}``) lengthens that phase on that rank in every layer.
+as group ranks) and a ``gloo:all_reduce`` per step (``allreduce=False``: send/recv
+only). An injected delay (``{"rank", "phase", "ms"}``) lengthens that phase on that
+rank in every layer (``cpu_run``: every phase whose name matches it as an ``fnmatch``
+pattern, e.g. ``forward:mb=*``, as the profiler does).
 
 The frames' ``meta["manifest"]["inject"]`` holds what was injected, in the
 run.json format that benchmarks/skew_accuracy.py reads.
@@ -19,6 +21,7 @@ run.json format that benchmarks/skew_accuracy.py reads.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any
 
 import numpy as np
@@ -222,8 +225,8 @@ def cpu_run(
         now[b] = done
 
     def compute(r: int, name: str, ns: float) -> None:
-        d = ns * rng.uniform(0.9, 1.1) + (late_ns if r == late_rank and name == (
-            delay or {}).get("phase") else 0.0)
+        d = ns * rng.uniform(0.9, 1.1) + (late_ns if r == late_rank and fnmatchcase(
+            name, str((delay or {}).get("phase"))) else 0.0)
         anns.append(_ann(r, name, now[r], now[r] + d))
         now[r] += d
 

@@ -36,7 +36,7 @@ import polars as pl
 
 from overlapscope.analyzers.kineto import decode as D
 from overlapscope.analyzers.kineto.columns import build_frame_parts, merge_parts
-from overlapscope.analyzers.kineto.schema import KEPT_EVENT_TYPES, FastKinetoTrace
+from overlapscope.analyzers.kineto.schema import KEPT_EVENT_TYPES, FastKinetoTrace, PgConfigHead
 from overlapscope.analyzers.kineto.timeconv import needs_text_path, us_to_ns
 
 #: Default batch size (bytes of JSON text).
@@ -133,6 +133,8 @@ class Layout:
     start: int
     end: int
     header: FastKinetoTrace
+    #: The file's JSON text with the events array emptied (what ``header`` was read from).
+    header_text: bytes = b""
 
 
 def find_layout(src: _Source) -> Layout:
@@ -150,15 +152,16 @@ def find_layout(src: _Source) -> Layout:
         pos = tail.rfind(b"]", 0, pos)
         if pos < 0:
             break
+        text = prefix + tail[pos:]
         try:
-            header = D._DECODER.decode(prefix + tail[pos:])
+            header = D._DECODER.decode(text)
         except msgspec.MsgspecError:
             continue
         if header.traceEvents != []:
             # The events are elsewhere (or the key repeats): not our layout.
             raise Fallback
         if _ends_with_events(tail, max(0, start - tail_from), pos):
-            return Layout(start, tail_from + pos, header)
+            return Layout(start, tail_from + pos, header, text)
     raise Fallback
 
 
@@ -325,9 +328,24 @@ def decode_chunked(path: Path, *, workers: int = 1, chunk_bytes: int | None = No
             results = _decode_parallel(src, layout, base, chunk_bytes, workers)
         else:
             results = decode_range(src, layout.start, layout.end, base, chunk_bytes)
+        # The process groups, read here from the small header so that the analyses
+        # need not decode the whole file again (skew.process_groups). Left unknown
+        # (None) for gzip data not named .gz: that reader would not gunzip it.
+        pg_config = (pg_config_of(layout.header_text)
+                     if (src.data is not None) == path.name.endswith(".gz") else None)
     finally:
         src.close()
-    return _assemble(path, header, base, results)
+    return _assemble(path, header, base, results, pg_config)
+
+
+def pg_config_of(header_text: bytes) -> list[dict[str, Any]]:
+    """``distributedInfo.pg_config`` of a header ([] when absent or malformed): read
+    here once, so that the analyses need not decode the whole file again for it."""
+    try:
+        head = msgspec.json.decode(header_text, type=PgConfigHead)
+    except msgspec.MsgspecError:
+        return []
+    return (head.distributedInfo.pg_config or []) if head.distributedInfo else []
 
 
 def _decode_parallel(src: _Source, layout: Layout, base: int, chunk_bytes: int,
@@ -373,7 +391,8 @@ def _decode_parallel(src: _Source, layout: Layout, base: int, chunk_bytes: int,
 
 
 def _assemble(path: Path, trace: FastKinetoTrace, base: int,
-              results: list[ChunkResult]) -> D.FileFrames:
+              results: list[ChunkResult], pg_config: list[dict[str, Any]] | None = None,
+              ) -> D.FileFrames:
     n_events = sum(r.n_events for r in results)
     if n_events == 0:
         raise Fallback  # the whole-file path words the error
@@ -396,5 +415,6 @@ def _assemble(path: Path, trace: FastKinetoTrace, base: int,
         base_time_ns=base,
         overlapscope=trace.overlapscope or {},
         skipped_events=sum(r.skipped for r in results),
+        pg_config=pg_config,
         **built,
     )

@@ -30,10 +30,15 @@ _EMPTY_ARGS = EventArgs()
 
 def _ids_as_text(values: list[Any]) -> pl.Series:
     """pid/tid values (ints, or labels like "Spans") as strings."""
-    try:
-        return pl.Series(values, dtype=pl.Int64).cast(pl.Utf8)
-    except (TypeError, OverflowError, pl.exceptions.PolarsError):
-        return pl.Series([None if v is None else str(v) for v in values], dtype=pl.Utf8)
+    distinct = set(values)
+    if all(type(v) is int for v in distinct if v is not None):
+        try:
+            return pl.Series(values, dtype=pl.Int64).cast(pl.Utf8)
+        except (TypeError, OverflowError, pl.exceptions.PolarsError):
+            pass
+    # A handful of distinct ids: convert each once, not once per event.
+    text = {v: None if v is None else str(v) for v in distinct}
+    return pl.Series(list(map(text.__getitem__, values)), dtype=pl.Utf8)
 
 
 def _ints(values: list[Any]) -> pl.Series:
@@ -69,8 +74,8 @@ class EventColumns:
         self.cat = pl.Series(list(map(attrgetter("cat"), events)), dtype=pl.Utf8)
         self.cat_lower = self.cat.str.to_lowercase()
         self.name = pl.Series(list(map(attrgetter("name"), events)), dtype=pl.Utf8)
-        self.events = np.empty(n, dtype=object)
-        self.events[:] = events
+        # fromiter: several times faster than filling an empty object array by slice.
+        self.events = np.fromiter(events, dtype=object, count=n)
         self._groups: dict[int, _Group] = {}
 
     def groups(self) -> dict[str, np.ndarray]:

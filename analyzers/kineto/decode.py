@@ -77,6 +77,9 @@ class FileFrames:
     #: Events dropped as unusable: misfit types, non-finite or absurd ts/dur
     #: (|ts| > MAX_TS_US, dur < 0 or > MAX_DUR_US).
     skipped_events: int = 0
+    #: ``distributedInfo.pg_config`` (process groups) when the decoder read it, else
+    #: None (unknown: e.g. a cache entry; skew.process_groups then reads the file).
+    pg_config: list[dict[str, Any]] | None = None
 
     FRAME_NAMES = ("activities", "cpu_ops", "annotations", "comm_meta", "warp_events", "counters")
 
@@ -268,8 +271,8 @@ def float_times(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(ts_us, dur_us, dur_missing, usable) as float64 arrays (see :func:`_times_ns`);
     unusable events read as 0."""
-    ts_np, ts_null = _float_column(list(map(attrgetter("ts"), events)))
-    dur_np, dur_missing = _float_column(list(map(attrgetter("dur"), events)))
+    ts_np, ts_null = _float_field(events, "ts")
+    dur_np, dur_missing = _float_field(events, "dur")
     with np.errstate(invalid="ignore"):
         usable = (
             np.isfinite(ts_np)
@@ -281,6 +284,19 @@ def float_times(
     ts_np = np.where(usable, ts_np, 0.0)
     dur_np = np.where(usable, dur_np, 0.0)
     return ts_np, dur_np, dur_missing, usable
+
+
+def _float_field(events: list[Any], name: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_float_column` of one attribute of every event, without an interim list
+    when no value is null (the common case; np.fromiter reads None as NaN, and JSON
+    has no NaN, so a NaN sends the column the general way)."""
+    try:
+        arr = np.fromiter(map(attrgetter(name), events), dtype=np.float64, count=len(events))
+    except (TypeError, ValueError, OverflowError):
+        arr = None
+    if arr is None or np.isnan(arr).any():
+        return _float_column(list(map(attrgetter(name), events)))
+    return arr, np.zeros(arr.size, dtype=bool)
 
 
 def _float_column(values: list[Any]) -> tuple[np.ndarray, np.ndarray]:

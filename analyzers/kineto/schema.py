@@ -11,7 +11,7 @@ does not fit these types is decoded generically (see decode.py).
 
 from __future__ import annotations
 
-from typing import ClassVar, Union
+from typing import Any, ClassVar, Union
 
 import msgspec
 
@@ -82,6 +82,17 @@ class DistributedInfo(msgspec.Struct):
     rank: int | None = None
     world_size: int | None = None
     backend: str | None = None
+
+
+class _PgDist(msgspec.Struct):
+    pg_config: list[dict[str, Any]] | None = None
+
+
+class PgConfigHead(msgspec.Struct):
+    """Only ``distributedInfo.pg_config`` (process groups), typed strictly and apart
+    from :class:`DistributedInfo` so that an odd pg_config never fails the header."""
+
+    distributedInfo: _PgDist | None = None  # noqa: N815 - Kineto's spelling
 
 
 class DeviceProperties(msgspec.Struct):

@@ -24,17 +24,20 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from overlapscope.analyzers import Progress, ReportOptions, RunResult, analyze
 from overlapscope.analyzers.errors import TraceError
-from overlapscope.analyzers.load import run_files
+from overlapscope.analyzers.load import load_run, run_files
 from overlapscope.analyzers.timeline import (
     Timeline,
     cached_timeline,
     clock_variant,
+    load_cached_timeline,
+    load_clock_info,
+    store_clock_info,
     warp_timeline,
 )
 from overlapscope.app.dashboard.paths import UPLOAD_SUFFIXES, PathError, resolve_under
@@ -90,7 +93,11 @@ class RunEntry:
         if self.status == "error":
             return f"{self.label}: failed: {self.error}"
         if self.status == "ready":
-            return f"{self.label}: ready ({self.seconds:.1f} s)" if self.seconds else self.label
+            details = self.extra.get("details")
+            tail = "; details loading" if details == "loading" else (
+                f"; details {details}" if details not in (None, "ready") else "")
+            return (f"{self.label}: ready ({self.seconds:.1f} s{tail})" if self.seconds
+                    else self.label)
         if self.total:
             return f"{self.label}: {self.stage} {self.done}/{self.total}"
         return f"{self.label}: {self.stage}"
@@ -107,6 +114,25 @@ class ClockViews:
     cached: dict[str, bool] = field(default_factory=dict)
 
 
+NO_ANCHORS_NOTE = ("no cross-rank anchors (synchronising collectives or matched send/recv "
+                   "pairs): raw clocks only")
+
+
+def _views(raw: Timeline, corrected: Timeline | None, reference: int | None, ranks: int,
+           time_axis: str | None, skew: Any, cached: dict[str, bool]) -> ClockViews:
+    """ClockViews from the timelines and what the skew estimate found."""
+    tls: dict[str, Timeline] = {"raw": raw}
+    if ranks < 2:
+        return ClockViews(tls, "raw", "single rank: one clock", skew, cached)
+    if corrected is None:
+        return ClockViews(tls, "raw", NO_ANCHORS_NOTE, skew, cached)
+    tls["corrected"] = corrected
+    note = (f"corrected: every rank on rank {reference}'s clock (skew table)"
+            if reference is not None else "corrected: ranks on one clock (skew table)")
+    default: Clock = "corrected" if time_axis == "corrected" else "raw"
+    return ClockViews(tls, default, note, skew, cached)
+
+
 def clock_views(
     frames: Any, files: list[Path] | None, *, rules: Any = None, cache: bool = True,
     time_axis: str | None = "raw",
@@ -114,10 +140,12 @@ def clock_views(
     """Raw and (multi-rank runs with skew anchors) clock-corrected timelines of
     ``frames`` (RAW, uncorrected frames, as ``analyze(keep_frames=True)`` gives).
 
-    The skew estimate is made once here. ``files``: the run's trace files, for the
-    timeline cache (None or ``cache=False``: built, not cached); the corrected timeline's
-    cache key names the clock model. ``time_axis``: the report's ``facts["time_axis"]``,
-    the default when the corrected timeline exists.
+    The skew estimate is made once here and what it found is cached with the
+    timelines (``timeline.store_clock_info``), for :func:`cached_clock_views`.
+    ``files``: the run's trace files, for the timeline cache (None or ``cache=False``:
+    built, not cached); the corrected timeline's cache key names the clock model.
+    ``time_axis``: the report's ``facts["time_axis"]``, the default when the corrected
+    timeline exists.
     """
     from overlapscope.analyzers.skew import correct_frames, estimate_skew
 
@@ -128,21 +156,46 @@ def clock_views(
                                variant=variant)
 
     raw, hit = build(frames, None)
-    tls: dict[str, Timeline] = {"raw": raw}
     cached = {"raw": hit}
-    if frames.ranks.height < 2:
-        return ClockViews(tls, "raw", "single rank: one clock", None, cached)
-    skew = estimate_skew(frames)
-    if not skew.has_anchors:
-        return ClockViews(tls, "raw", "no cross-rank anchors (synchronising collectives or "
-                          "matched send/recv pairs): raw clocks only", skew, cached)
-    tls["corrected"], cached["corrected"] = build(
-        correct_frames(frames, skew.model), clock_variant(skew.model))
-    ref = skew.model.reference
-    note = (f"corrected: every rank on rank {ref}'s clock (skew table)" if ref is not None
-            else "corrected: ranks on one clock (skew table)")
-    default: Clock = "corrected" if time_axis == "corrected" else "raw"
-    return ClockViews(tls, default, note, skew, cached)
+    ranks = frames.ranks.height
+    skew = estimate_skew(frames) if ranks >= 2 else None
+    corrected = model = None
+    if skew is not None and skew.has_anchors:
+        model = skew.model
+        corrected, cached["corrected"] = build(correct_frames(frames, model),
+                                               clock_variant(model))
+    if use_cache:
+        store_clock_info(list(files or []), rules, {
+            "ranks": ranks, "model": None if model is None else {
+                "reference": None if model.reference is None else int(model.reference),
+                "offset_ns": {str(r): float(v) for r, v in model.offset_ns.items()},
+                "drift_ppm": {str(r): float(v) for r, v in model.drift_ppm.items()}}})
+    return _views(raw, corrected, model.reference if model else None, ranks, time_axis,
+                  skew, cached)
+
+
+def cached_clock_views(
+    files: list[Path], *, rules: Any = None, time_axis: str | None = "raw"
+) -> ClockViews | None:
+    """The ClockViews :func:`clock_views` made for these files before, from the caches
+    alone (no frames, no skew estimate); None when any part is missing."""
+    from overlapscope.analyzers.skew import ClockModel
+
+    info = load_clock_info(files, rules)
+    raw = load_cached_timeline(files, rules) if info is not None else None
+    if info is None or raw is None:
+        return None
+    corrected = model = None
+    if info.get("model") is not None:
+        m = info["model"]
+        model = ClockModel({int(r): v for r, v in m["offset_ns"].items()},
+                           {int(r): v for r, v in m["drift_ppm"].items()}, m["reference"])
+        corrected = load_cached_timeline(files, rules, clock_variant(model))
+        if corrected is None:
+            return None
+    cached = {"raw": True, **({"corrected": True} if corrected is not None else {})}
+    return _views(raw, corrected, model.reference if model else None, int(info["ranks"]),
+                  time_axis, None, cached)
 
 
 def _label(path: Path) -> str:
@@ -207,9 +260,49 @@ class DashboardState:
                 setattr(entry, k, v)
             self.version += 1
 
+    def _reopen(self, entry: RunEntry, t0: float) -> bool:
+        """A run analyzed before: its Report and timelines straight from the caches, ready
+        at once; the frames (click details, topology, warp swimlanes) follow in the
+        background. False when anything is missing (then the run loads as usual)."""
+        if not self.cache:
+            return False
+        from overlapscope.analyzers import report_cache
+
+        key = report_cache.report_key(entry.path, self.options)
+        report = report_cache.load_report(key, str(entry.path)) if key else None
+        if report is None:
+            return False
+        views = cached_clock_views(run_files(entry.path), rules=self.options.rules(),
+                                   time_axis=report.facts.get("time_axis"))
+        if views is None:
+            return False
+        entry.extra.update(analyze_s=time.perf_counter() - t0, timeline_s=0.0,
+                           timeline_cached=True, details="loading")
+        self._set(entry, result=RunResult(str(entry.path), report, None),
+                  timeline=views.timelines[views.default], status="ready", stage="ready",
+                  seconds=time.perf_counter() - t0, timelines=views.timelines,
+                  clock=views.default, clock_note=views.note)
+        try:
+            frames = load_run(entry.path, cache=True, gpus_per_node=self.options.gpus_per_node)
+            tls = {k: replace(tl, frames=frames) for k, tl in views.timelines.items()}
+            warps = warp_timeline(frames) if frames.warp_events.height else None
+        except Exception as exc:  # noqa: BLE001 - the views already shown stay usable
+            entry.extra["details"] = f"could not be loaded ({type(exc).__name__}: {exc})"
+            self._set(entry)
+            return True
+        entry.extra["details"] = "ready"
+        self._set(entry, result=RunResult(str(entry.path), report, frames), warps=warps,
+                  timelines=tls, timeline=tls[views.default])
+        return True
+
     def _load(self, entry: RunEntry) -> None:
         t0 = time.perf_counter()
         self._set(entry, status="loading", stage="reading")
+        try:
+            if self._reopen(entry, t0):
+                return
+        except Exception:  # noqa: BLE001, S110 - any cache trouble: load as usual
+            pass
 
         def progress(p: Progress) -> None:
             stage = "decoding files" if p.stage == "decode" else "analyzing"
@@ -307,8 +400,9 @@ class DashboardState:
         return [e for e in self.runs.values() if e.ready]
 
     def pending(self) -> bool:
-        """True while some run is queued or loading."""
-        return any(e.status in ("queued", "loading") for e in self.runs.values())
+        """True while some run is queued or loading (its details included)."""
+        return any(e.status in ("queued", "loading") or e.extra.get("details") == "loading"
+                   for e in self.runs.values())
 
     def wait(self, timeout: float = 60.0) -> bool:
         """Block until no run is pending (tests and benchmarks); False on timeout."""

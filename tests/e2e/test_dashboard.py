@@ -19,6 +19,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from overlapscope.analyzers.timeline import merge_touching
 from overlapscope.app.dashboard import create_app
 from overlapscope.app.dashboard.components.format import fmt_value
 
@@ -210,8 +211,20 @@ def test_timeline_zoom_pan_and_click(dash_duo, dash_state, artifacts) -> None:
     lanes = int(dash_duo.find_element("#tl-lane-count").text)
     px = int(dash_duo.find_element("#tl-px").text)
     shown = tl.lanes["lane"].to_list()  # the hand-made run has 2 ranks: all lanes shown
-    want = tl.view(t0, t1, px, shown).height
-    assert rects == want <= lanes * px
+    winners = tl.view(t0, t1, px, shown)
+    assert int(dash_duo.find_element("#tl-winner-count").text) == winners.height
+    assert rects == merge_touching(winners).height <= winners.height <= lanes * px
+    # the browser decoded the typed arrays: each kind's bar starts are the server's
+    drawn = dash_duo.driver.execute_script(
+        "const g = document.querySelector('#tl-graph .js-plotly-plot');"
+        "return g._fullData.map(t => [t.name, Array.from(t.base), Array.from(t.y)]);")
+    merged = merge_touching(winners).with_columns(
+        pl.max_horizontal("start_ns", pl.lit(t0)).alias("x0"))
+    for name, base, ys in drawn:
+        part = merged.filter(pl.col("kind").str.replace_all("_", " ") == name)
+        got = [round(b * 1e6) for b in base]  # ms -> ns; t0 read back may differ by 1 ns
+        assert max(abs(a - b) for a, b in zip(got, part["x0"].to_list(), strict=True)) <= 1
+        assert len(ys) == part.height
     # click a bar: its name, times, stream and classification appear
     for _ in range(5):
         try:

@@ -110,3 +110,32 @@ def test_corrected_timeline_has_its_own_cache_key(tmp_path) -> None:
     raw_key = timeline_cache_key([f], None)
     assert raw_key == timeline_cache_key([f], None, None)
     assert timeline_cache_key([f], None, variant) != raw_key
+
+
+def test_reopened_run_is_ready_from_the_caches_then_its_frames_follow(
+        tmp_path, monkeypatch) -> None:
+    """Second open of a run: Report, raw and corrected timelines come from the caches
+    (no analysis, no skew estimate) and equal the first open's; frames follow."""
+    samples = Path(__file__).resolve().parents[2] / "sample_traces"
+    run = samples / "cpu" / "1f1b"
+    monkeypatch.setenv("OVERLAPSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    entries = []
+    for _ in range(2):
+        state = DashboardState([samples], workers=1)
+        entry = state.open(run)
+        assert state.wait(600) and entry.status == "ready", entry.error
+        state.close()
+        entries.append(entry)
+    first, again = entries
+    assert "details" not in first.extra  # analyzed: nothing was cached yet
+    assert again.extra["details"] == "ready" and again.extra["timeline_cached"]
+    assert set(again.timelines) == set(first.timelines) == {"raw", "corrected"}
+    assert (again.clock, again.clock_note) == (first.clock, first.clock_note)
+    for clock in ("raw", "corrected"):
+        a, b = first.timelines[clock], again.timelines[clock]
+        assert a.lanes.equals(b.lanes) and a.intervals.equals(b.intervals)
+        assert b.frames is again.result.frames is not None
+    assert again.result.report.tables["summary"].equals(first.result.report.tables["summary"])
+    comm = first.timelines["raw"].intervals.with_row_index().filter(
+        pl.col("kind") == "comm")["index"][0]
+    assert again.timelines["raw"].describe(comm) == first.timelines["raw"].describe(comm)

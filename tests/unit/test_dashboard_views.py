@@ -3,6 +3,7 @@ metrics, figures, the HTML snapshot and the CLI command."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -163,7 +164,10 @@ def test_timeline_render_is_bounded_and_serialisable(app) -> None:
     fig, n = timeline_page.render(tl, [0, 1, 2], ["annotation", "work", "exposed"],
                                   tl.t_min, tl.t_max, 300, "rev")
     assert 0 < n["rects"] <= n["lanes"] * n["pixels"]
-    assert sum(len(tr["x"]) for tr in fig["data"]) == n["rects"]
+    # widths travel as typed arrays: base64 of float32
+    assert all(tr["x"]["dtype"] == "f4" for tr in fig["data"])
+    assert sum(len(base64.b64decode(tr["x"]["bdata"])) // 4 for tr in fig["data"]) == n["rects"]
+    assert n["rects"] <= n["winners"]
     json.dumps(fig)  # plain JSON, sent as is
     assert timeline_page._x_range({"xaxis.range[0]": 1.0, "xaxis.range[1]": 2.5}) == (1.0, 2.5)
     assert timeline_page._x_range({"xaxis.autorange": True}) == "full"
@@ -208,3 +212,30 @@ def test_a_reopened_run_takes_its_timeline_from_the_cache(tmp_path, monkeypatch)
         seen.append((entry.extra["timeline_cached"], entry.timeline.intervals.height))
         state.close()
     assert seen[0][0] is False and seen[1][0] is True and seen[0][1] == seen[1][1]
+
+
+def test_click_on_a_large_answer_finds_the_same_bar_as_its_customdata(
+        app, monkeypatch) -> None:
+    from overlapscope.app.dashboard.components import figures
+
+    e = _entry(app, "cpu/dualpipe")
+    tl = e.timeline
+    args = ([0, 1, 2, 3], ["annotation", "work", "exposed"], tl.t_min, tl.t_max, 400)
+    small, _ = timeline_page.render(tl, *args, "rev")  # every bar carries its row
+    monkeypatch.setattr(figures, "HOVER_NAMES_MAX", 10)
+    monkeypatch.setattr(timeline_page, "HOVER_NAMES_MAX", 10)
+    large, n = timeline_page.render(tl, *args, "rev")
+    assert n["rects"] > 10 and all("customdata" not in tr for tr in large["data"])
+    window = {"run": e.id, "clock": "raw", "ranks": args[0], "groups": args[1],
+              "t0": args[2], "t1": args[3], "pixels": args[4]}
+    checked = 0
+    for c, trace in enumerate(small["data"]):
+        for i in (0, len(trace["customdata"]) // 2, len(trace["customdata"]) - 1):
+            point = {"curveNumber": c, "pointNumber": i}
+            assert timeline_page.clicked_row(tl, point, window, e.id, "raw") == \
+                trace["customdata"][i][0]
+            checked += 1
+    assert checked >= 6
+    # another run's or clock's window is not the one drawn: no guess
+    assert timeline_page.clicked_row(tl, {"curveNumber": 0, "pointNumber": 0},
+                                     {**window, "clock": "corrected"}, e.id, "raw") is None

@@ -7,6 +7,7 @@ hand-made sample run checked against its Report.
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from overlapscope.analyzers.timeline import (
     Timeline,
     build_timeline,
     column_edges,
+    merge_touching,
     warp_timeline,
 )
 
@@ -27,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample_traces"
 
 
-def _timeline(rows: list[tuple[int, int, int, str]], n_lanes: int) -> Timeline:
+def _timeline(rows: list[tuple], n_lanes: int) -> Timeline:
+    """Lanes ``0..n_lanes-1`` holding (lane, start, end, name[, kind]) intervals."""
     lanes = pl.DataFrame(
         {
             "lane": list(range(n_lanes)),
@@ -46,7 +49,7 @@ def _timeline(rows: list[tuple[int, int, int, str]], n_lanes: int) -> Timeline:
             "start_ns": [r[1] for r in rows],
             "end_ns": [r[2] for r in rows],
             "name": [r[3] for r in rows],
-            "kind": ["compute"] * len(rows),
+            "kind": [r[4] if len(r) > 4 else "compute" for r in rows],
             "comm_type": [None] * len(rows),
             "item": list(range(len(rows))),
         }
@@ -216,10 +219,19 @@ def test_cpu_run_has_thread_lanes_and_warp_timeline_has_warp_lanes() -> None:
     assert v.height <= wt.lanes.height * 100
 
 
+def _plain(value: object) -> list:
+    """A figure array as a list: plotly.js typed-array specs decoded the way the
+    browser does (base64 of little-endian values of ``dtype``)."""
+    if isinstance(value, dict) and "bdata" in value:
+        raw = base64.b64decode(value["bdata"])
+        return np.frombuffer(raw, dtype=np.dtype(value["dtype"]).newbyteorder("<")).tolist()
+    return list(value)  # type: ignore[call-overload]
+
+
 def _bar_extents(trace: dict, bargap: float) -> list[tuple[float, float]]:
     """Each bar's [y0, y1] as plotly draws it: ``width`` when the trace sets one, else
     (1 - bargap) x the smallest gap between the positions of this trace (overlay mode)."""
-    ys = [float(y) for y in trace["y"]]
+    ys = [float(y) for y in _plain(trace["y"])]
     width = trace.get("width")
     if width is None:
         distinct = sorted(set(ys))
@@ -251,7 +263,8 @@ def test_timeline_figure_draws_each_rectangle_inside_its_own_lane(run: str) -> N
     for trace in fig["data"]:
         assert trace["type"] == "bar" and trace["orientation"] == "h"
         extents = _bar_extents(trace, layout.get("bargap", 0.2))
-        for (y0, y1), y, custom in zip(extents, trace["y"], trace["customdata"], strict=True):
+        for (y0, y1), y, custom in zip(extents, _plain(trace["y"]), trace["customdata"],
+                                       strict=True):
             pos = pos_of[lane_of_row[custom[0]]]
             assert y == pos, (trace["name"], labels[pos])
             assert pos - 0.5 <= y0 < y1 <= pos + 0.5, (trace["name"], labels[pos], y0, y1)
@@ -303,3 +316,59 @@ def test_timeline_cache_returns_the_same_timeline_and_is_keyed_by_content(
     assert not hit and rebuilt.intervals.equals(built.intervals)
     assert cached_timeline(files, frames)[1]
     assert not cached_timeline(files, frames, cache=False)[1]
+
+
+def test_touching_winners_of_one_kind_merge_into_one_bar() -> None:
+    # 10 columns of 1 ns over [0, 10). Lane 0 winners by column:
+    # A A B C C - D D E -   (C is comm, column 5 and 9 hold nothing)
+    tl = _timeline([
+        (0, 0, 2, "A"), (0, 2, 3, "B"), (0, 3, 5, "C", "comm"), (0, 6, 8, "D"),
+        (0, 8, 9, "E"), (1, 0, 10, "F"),
+    ], 2)
+    v = tl.view(0, 10, 10)
+    assert v.filter(pl.col("lane") == 0)["name"].to_list() == ["A", "B", "C", "D", "E"]
+    m = merge_touching(v)
+    lane0 = m.filter(pl.col("lane") == 0)
+    # A+B touch (columns [0,2) then [2,3)) and are both compute: one bar, A the longest;
+    # C is comm: its own bar; the empty column 5 splits D+E from C.
+    assert lane0["name"].to_list() == ["A", "C", "D"]
+    assert lane0["members"].to_list() == [2, 1, 2]
+    assert lane0["start_ns"].to_list() == [0, 3, 6]
+    assert lane0["end_ns"].to_list() == [3, 5, 9]
+    assert lane0["px0"].to_list() == [0, 3, 6] and lane0["px1"].to_list() == [3, 5, 9]
+    names = tl.intervals["name"].to_list()
+    assert [names[r] for r in lane0["row"].to_list()] == ["A", "C", "D"]
+    # a new lane always starts a new bar
+    assert m.filter(pl.col("lane") == 1)["name"].to_list() == ["F"]
+    assert m.height == 4
+
+
+def test_merge_keeps_the_earliest_of_equally_long_members_and_empty_views() -> None:
+    tl = _timeline([(0, 0, 1, "G"), (0, 1, 2, "H")], 1)
+    m = merge_touching(tl.view(0, 2, 2))
+    assert m["name"].to_list() == ["G"] and m["members"].to_list() == [2]
+    empty = merge_touching(tl.view(5, 6, 1))
+    assert empty.height == 0 and "members" in empty.columns
+
+
+def test_figure_sends_starts_and_widths_as_typed_arrays_equal_to_the_bars() -> None:
+    from overlapscope.app.dashboard.components.figures import HOVER_NAMES_MAX, timeline_figure
+
+    # lane 0: A [0,4) and B [10,12); window [2, 12) at 5 columns of 2 ns:
+    # A is clipped to [2,4); B is [10,12).
+    tl = _timeline([(0, 0, 4, "A"), (0, 10, 12, "B")], 1)
+    rects = merge_touching(tl.view(2, 12, 5))
+    fig = timeline_figure(tl, rects, tl.lanes, 2, 12, 5)
+    (trace,) = fig["data"]
+    assert trace["base"]["dtype"] == "f8" and "bdata" in trace["base"]
+    assert _plain(trace["base"]) == [2e-6, 10e-6]
+    assert np.allclose(_plain(trace["x"]), [2e-6, 2e-6])
+    assert _plain(trace["y"]) == [0, 0]
+    assert [c[0] for c in trace["customdata"]] == [0, 1]  # rows of A and B
+    assert [c[1] for c in trace["customdata"]] == [0.004, 0.002]  # true durations, µs
+    # above the hover limit no per-bar data travels but the typed lanes, starts, widths
+    many = pl.concat([rects] * (HOVER_NAMES_MAX // 2 + 1))
+    big = timeline_figure(tl, many, tl.lanes, 2, 12, 5)["data"][0]
+    assert "customdata" not in big and "hovertext" not in big
+    assert len(_plain(big["base"])) == many.height
+

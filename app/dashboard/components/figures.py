@@ -6,9 +6,11 @@ and only arranges it for display; no metric is computed here.
 
 from __future__ import annotations
 
+import base64
 import math
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from overlapscope.analyzers.report import TABLES, Report
@@ -88,6 +90,23 @@ def _ms(ns: pl.Series | pl.Expr) -> Any:
 # ------------------------------------------------------------------ timeline
 
 
+def typed_array(values: Any, dtype: str) -> dict[str, str]:
+    """A plotly.js typed-array spec (``{"dtype", "bdata"}``, base64 of the raw little-
+    endian values): a tenth of the bytes and of the encoding time of a JSON number list
+    for the large numeric columns of a timeline answer. ``dtype``: numpy-style code
+    plotly.js reads (f8, f4, i4, u4, i2, u2, i1, u1)."""
+    arr = np.ascontiguousarray(np.asarray(values, dtype=np.dtype(dtype).newbyteorder("<")))
+    return {"dtype": dtype, "bdata": base64.b64encode(arr.tobytes()).decode("ascii")}
+
+
+def trace_rows(rects: pl.DataFrame) -> list[list[int]]:
+    """Per trace of :func:`timeline_figure` (same rectangles, same order), the bars'
+    rows of ``tl.intervals``: what a click on point ``i`` of trace ``c`` means when the
+    figure was too large to carry them (``customdata`` is left out above
+    :data:`HOVER_NAMES_MAX` bars)."""
+    return [part["row"].to_list() for _, part in rects.group_by("kind", maintain_order=True)]
+
+
 def timeline_figure(
     tl: Timeline,
     rects: pl.DataFrame,
@@ -99,25 +118,33 @@ def timeline_figure(
     revision: str = "",
     title: str | None = None,
 ) -> dict[str, Any]:
-    """Rectangles of ``Timeline.view`` as horizontal bars, one trace per kind.
+    """Rectangles of ``Timeline.view`` (or of ``merge_touching`` of it) as horizontal bars, one
+    trace per kind.
 
     ``lanes``: the lanes shown (rows of ``tl.lanes``, display order). Bars narrower
-    than one pixel column are drawn one column wide; hover shows the true duration
-    (and the name, up to :data:`HOVER_NAMES_MAX` rectangles). ``customdata[0]`` is
-    the rectangle's row of ``tl.intervals`` (for :meth:`Timeline.describe`).
+    than one pixel column are drawn one column wide. Lane positions, bar starts and
+    widths travel as typed arrays (:func:`typed_array`). Up to :data:`HOVER_NAMES_MAX`
+    rectangles, ``customdata`` is ``[row, true duration µs, members]`` per bar and the
+    hover shows the name; above it there is no ``customdata`` (a click recomputes the
+    answer and reads :func:`trace_rows`) and the hover shows only the kind. ``row`` is
+    the bar's row of ``tl.intervals`` (for :meth:`Timeline.describe`; a merged bar's
+    longest member).
     """
     labels = lanes["label"].to_list()
-    pos_of = {int(lane): i for i, lane in enumerate(lanes["lane"].to_list())}
+    lane_ids = lanes["lane"].to_numpy()
+    pos_of = np.full(int(lane_ids.max()) + 1 if len(lane_ids) else 0, -1, dtype=np.int64)
+    pos_of[lane_ids] = np.arange(len(lane_ids))
     px_ns = (t1_ns - t0_ns) / max(pixels, 1)
-    with_names = rects.height <= HOVER_NAMES_MAX
+    detailed = rects.height <= HOVER_NAMES_MAX
     data: list[dict[str, Any]] = []
     if rects.height:
+        if "members" not in rects.columns:
+            rects = rects.with_columns(pl.lit(1, dtype=pl.UInt32).alias("members"))
         r = rects.with_columns(
             pl.max_horizontal("start_ns", pl.lit(t0_ns)).alias("_x0"),
             pl.min_horizontal("end_ns", pl.lit(t1_ns)).alias("_x1"),
         ).with_columns(
             pl.max_horizontal(pl.col("_x1") - pl.col("_x0"), pl.lit(px_ns)).alias("_w"),
-            ((pl.col("end_ns") - pl.col("start_ns")) / 1e3).round(3).alias("_dur_us"),
         )
         for kind, part in r.group_by("kind", maintain_order=True):
             k = str(kind[0])
@@ -125,22 +152,26 @@ def timeline_figure(
                 "type": "bar",
                 "orientation": "h",
                 "name": k.replace("_", " "),
-                "y": [pos_of[int(x)] for x in part["lane"].to_list()],
+                "y": typed_array(pos_of[part["lane"].to_numpy()],
+                                 "u2" if len(labels) < 65536 else "u4"),
                 "width": BAR_HEIGHT,
-                # ms with ns resolution: 6 decimals keep every digit that matters
-                "base": (part["_x0"] / 1e6).round(6).to_list(),
-                "x": (part["_w"] / 1e6).round(6).to_list(),
-                "customdata": [[int(row), d] for row, d in
-                               zip(part["row"].to_list(), part["_dur_us"].to_list(),
-                                   strict=True)],
+                # ms as float64: ns resolution across any run length
+                "base": typed_array(part["_x0"].to_numpy() / 1e6, "f8"),
+                "x": typed_array(part["_w"].to_numpy() / 1e6, "f4"),
                 "marker": {"color": KIND_COLORS.get(k, "#888888"), "line": {"width": 0}},
-                "hovertemplate": "%{customdata[1]:,.3f} µs · click for details"
-                                 f"<extra>{k}</extra>",
             }
-            if with_names:
-                trace["hovertext"] = part["name"].fill_null("").str.slice(0, 80).to_list()
+            if detailed:
+                dur_us = ((part["end_ns"] - part["start_ns"]) / 1e3).round(3).to_list()
+                members = part["members"].to_list()
+                trace["customdata"] = [[int(row), d, int(m)] for row, d, m in
+                                       zip(part["row"].to_list(), dur_us, members, strict=True)]
+                names = part["name"].fill_null("").str.slice(0, 80).to_list()
+                trace["hovertext"] = [n if m == 1 else f"{n}<br>(longest of {m} adjacent)"
+                                      for n, m in zip(names, members, strict=True)]
                 trace["hovertemplate"] = ("%{hovertext}<br>%{customdata[1]:,.3f} µs"
                                           f"<extra>{k}</extra>")
+            else:  # a click finds the bar again by (trace, point): see trace_rows
+                trace["hovertemplate"] = f"{k} · click for details<extra></extra>"
             data.append(trace)
     height = max(220, LANE_PX * len(labels) + 110)
     # every other rank (or channel) on a light band, so a rank's lanes read as one block

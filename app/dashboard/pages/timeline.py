@@ -15,12 +15,14 @@ import polars as pl
 from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
-from overlapscope.analyzers.timeline import Timeline
+from overlapscope.analyzers.timeline import Timeline, merge_touching
 from overlapscope.app.dashboard.components.common import selected
 from overlapscope.app.dashboard.components.figures import (
     GRAPH_CONFIG,
+    HOVER_NAMES_MAX,
     empty_figure,
     timeline_figure,
+    trace_rows,
 )
 from overlapscope.app.dashboard.components.format import fmt_ns
 from overlapscope.app.dashboard.components.tables import message
@@ -91,17 +93,48 @@ def _x_range(relayout: dict[str, Any] | None) -> tuple[float, float] | str | Non
     return None
 
 
+def window_bars(
+    tl: Timeline, ranks: list[int], groups: list[str], t0: int, t1: int, pixels: int,
+) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    """(lanes shown, bars drawn, column winners) of one window: the same answer every
+    time for the same arguments (a click on a large answer relies on it)."""
+    kinds = [g for key in groups for g in GROUPS.get(key, [])]
+    lanes = tl.lanes.filter(pl.col("rank").is_in(ranks) & pl.col("group").is_in(kinds))
+    winners = tl.view(t0, t1, pixels, lanes["lane"].to_list(), names=False)
+    return lanes, merge_touching(winners), winners.height
+
+
 def render(
     tl: Timeline, ranks: list[int], groups: list[str], t0: int, t1: int, pixels: int,
     revision: str,
 ) -> tuple[dict[str, Any], dict[str, int]]:
     """The figure of one window and its counts (used by the page and the benchmark)."""
-    kinds = [g for key in groups for g in GROUPS.get(key, [])]
-    lanes = tl.lanes.filter(pl.col("rank").is_in(ranks) & pl.col("group").is_in(kinds))
-    rects = tl.view(t0, t1, pixels, lanes["lane"].to_list()) if lanes.height else tl.view(
-        t0, t1, pixels, [])
+    lanes, rects, n_winners = window_bars(tl, ranks, groups, t0, t1, pixels)
+    if rects.height <= HOVER_NAMES_MAX:  # the hover shows names: fetch just these
+        rects = rects.with_columns(tl.intervals["name"].gather(rects["row"]).alias("name"))
     fig = timeline_figure(tl, rects, lanes, t0, t1, pixels, revision=revision)
-    return fig, {"rects": rects.height, "lanes": lanes.height, "pixels": pixels}
+    return fig, {"rects": rects.height, "winners": n_winners, "lanes": lanes.height,
+                 "pixels": pixels}
+
+
+def clicked_row(tl: Timeline, point: dict[str, Any], window: dict[str, Any] | None,
+                rid: str, clock: str | None) -> int | None:
+    """Row of ``tl.intervals`` behind a clicked bar: ``customdata[0]`` on small answers;
+    on large ones (no customdata) the drawn window's answer recomputed, point
+    ``pointNumber`` of trace ``curveNumber``. None when the window is not the one drawn."""
+    custom = point.get("customdata")
+    if isinstance(custom, list) and custom:
+        return int(custom[0])
+    if not window or window.get("run") != rid or window.get("clock") != clock:
+        return None
+    _, rects, _ = window_bars(tl, window["ranks"], window["groups"], int(window["t0"]),
+                              int(window["t1"]), int(window["pixels"]))
+    rows = trace_rows(rects)
+    c, i = point.get("curveNumber"), point.get("pointNumber")
+    if not isinstance(c, int) or not isinstance(i, int) or not (0 <= c < len(rows)) or not (
+            0 <= i < len(rows[c])):
+        return None
+    return int(rows[c][i])
 
 
 def clock_control(
@@ -207,31 +240,37 @@ def register(app: Dash, state: DashboardState) -> None:
                                  f"{sorted(groups or [])}")
         ms = (time.perf_counter() - started) * 1e3
         stats = html.Span([
-            html.Span(str(n["rects"]), id="tl-rect-count"), " rectangles for ",
+            html.Span(str(n["rects"]), id="tl-rect-count"), " bars (",
+            html.Span(str(n["winners"]), id="tl-winner-count"),
+            " column winners, touching ones of a kind drawn as one) for ",
             html.Span(str(n["lanes"]), id="tl-lane-count"), " lanes × ",
             html.Span(str(n["pixels"]), id="tl-px"), " pixel columns · window ",
             html.Span(fmt_ns(t1 - t0), id="tl-span"), f" · {ms:.0f} ms on the server",
             *([" · clock: ", html.Span(clock, id="tl-clock-shown")]
               if entry.has_clock_toggle and clock in entry.timelines else []),
         ])
-        return fig, stats, {"run": entry.id, "t0": t0, "t1": t1}, None
+        window = {"run": entry.id, "t0": t0, "t1": t1, "pixels": pixels, "clock": clock,
+                  "ranks": ranks or [], "groups": groups or []}
+        return fig, stats, window, None
 
     @app.callback(
         Output("tl-info", "children"),
         Input("tl-graph", "clickData"),
         State("run-select", "value"),
         State("tl-clock", "value"),
+        State("tl-window", "data"),
         prevent_initial_call=True,
     )
-    def click(data: dict[str, Any] | None, rid: str | None, clock: str | None) -> Any:
+    def click(data: dict[str, Any] | None, rid: str | None, clock: str | None,
+              window: dict[str, Any] | None) -> Any:
         entry, _ = selected(state, rid)
         tl = entry.timeline_on(clock) if entry is not None else None
         if tl is None or not data or not data.get("points"):
             return no_update
-        custom = data["points"][0].get("customdata")
-        if not custom:
+        row = clicked_row(tl, data["points"][0], window, entry.id, clock)
+        if row is None:
             return no_update
-        info = tl.describe(int(custom[0]))
+        info = tl.describe(row)
         fields = [
             ("name", info.get("name")),
             ("lane", info.get("lane")),

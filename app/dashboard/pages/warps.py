@@ -17,7 +17,7 @@ from overlapscope.app.dashboard.components.figures import (
     timeline_figure,
     warp_role_fractions,
 )
-from overlapscope.app.dashboard.components.tables import registry_table, unavailable
+from overlapscope.app.dashboard.components.tables import message, registry_table, unavailable
 from overlapscope.app.dashboard.pages.timeline import _x_range
 from overlapscope.app.dashboard.state import DashboardState
 
@@ -71,6 +71,9 @@ def register(app: Dash, state: DashboardState) -> None:
         if entry is None:
             return msg, None, [], None, hide
         report = entry.result.report  # type: ignore[union-attr]
+        if "warp_roles" in report.tables and entry.extra.get("details") == "loading":
+            return (message("Loading the per-warp swimlanes (the run's frames)…", "info"),
+                    None, [], None, hide)
         if "warp_roles" not in report.tables or entry.warps is None:
             return unavailable(report, "warp_roles"), None, [], None, hide
         head = section("Diagnosis", _diagnosis(report))
