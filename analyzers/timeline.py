@@ -52,6 +52,7 @@ import json
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,11 @@ INTERVALS_SCHEMA: dict[str, pl.DataType] = {
     "kind": pl.Utf8,
     "comm_type": pl.Utf8,
     "item": pl.Int64,
+}
+#: :meth:`Timeline.bars`: merged bars, ``row`` of ``intervals`` (the longest member).
+BARS_SCHEMA: dict[str, pl.DataType] = {
+    "lane": pl.Int32, "row": pl.Int64, "start_ns": pl.Int64, "end_ns": pl.Int64,
+    "kind": pl.Utf8, "px0": pl.Int32, "px1": pl.Int32, "members": pl.UInt32,
 }
 #: Lane groups holding work items (GPU streams, CPU threads).
 WORK_GROUPS = ("compute", "comm", "thread")
@@ -203,14 +209,17 @@ class LaneIndex:
         bl, bh = lo_ // BLOCK, last // BLOCK
         res = np.full(lo_.shape, -1, dtype=np.int64)
         same = bl == bh
-        if same.any():  # inside one block: scan, as many steps as the longest range
+        if same.any():  # inside one block: scan; step k visits only ranges longer than k
             s_lo, s_hi = lo_[same], hi_[same]
             best = s_lo.copy()
-            for k in range(1, int((s_hi - s_lo).max())):
-                cand = s_lo + k
-                valid = cand < s_hi
-                cand_c = np.where(valid, cand, best)
-                best = np.where(valid & _better(self.durs, cand_c, best), cand_c, best)
+            length = s_hi - s_lo
+            k = 1
+            active = np.nonzero(length > k)[0]
+            while active.size:
+                cand, cur = s_lo[active] + k, best[active]
+                best[active] = np.where(_better(self.durs, cand, cur), cand, cur)
+                k += 1
+                active = active[length[active] > k]
             res[same] = best
         multi = ~same
         if multi.any():
@@ -387,16 +396,13 @@ class Timeline:
         return int(self.index.ends.max()) if self.index.size else 1
 
     def view(
-        self, t0_ns: int, t1_ns: int, pixels: int, lanes: list[int] | None = None,
-        *, names: bool = True,
+        self, t0_ns: int, t1_ns: int, pixels: int, lanes: list[int] | None = None
     ) -> pl.DataFrame:
         """Rectangles of the window ``[t0, t1)`` at ``pixels`` columns (schema above).
 
         At most ``len(lanes) x pixels`` rows: per lane and column the longest
         interval overlapping the column, neighbouring columns with the same
-        winner merged into one rectangle. ``names=False`` leaves ``name`` null
-        (gathering long kernel names is most of the cost of a huge answer; a caller
-        can fetch the few it shows by ``row``).
+        winner merged into one rectangle.
         """
         lane_ids, rows = self.index.query(t0_ns, t1_ns, pixels, lanes)
         n_l, n_p = rows.shape
@@ -408,9 +414,7 @@ class Timeline:
         _, pe = np.nonzero(end_mask)  # same row-major order as the starts
         sorted_rows = rows[li, pi]
         frame_rows = self.index.order[sorted_rows]
-        source = self.intervals if names else self.intervals.with_columns(
-            pl.lit(None, dtype=pl.Utf8).alias("name"))
-        picked = source[frame_rows] if len(frame_rows) else source.clear()
+        picked = self.intervals[frame_rows] if len(frame_rows) else self.intervals.clear()
         return picked.with_columns(
             pl.Series("lane", lane_ids[li], dtype=pl.Int32),
             pl.Series("row", frame_rows, dtype=pl.Int64),
@@ -418,6 +422,64 @@ class Timeline:
             pl.Series("px1", pe + 1, dtype=pl.Int32),
         ).select("lane", "row", "start_ns", "end_ns", "name", "kind", "comm_type", "item",
                  "px0", "px1")
+
+    @cached_property
+    def _kind_codes(self) -> tuple[list[str], np.ndarray]:
+        """(kinds, code of each sorted index row): kinds compared as integers."""
+        kinds = self.intervals["kind"].fill_null("").unique(maintain_order=True).to_list()
+        codes = self.intervals["kind"].fill_null("").replace_strict(
+            kinds, list(range(len(kinds))), return_dtype=pl.Int32).to_numpy()
+        return kinds, codes[self.index.order]
+
+    def bars(
+        self, t0_ns: int, t1_ns: int, pixels: int, lanes: list[int] | None = None
+    ) -> tuple[pl.DataFrame, int]:
+        """What the dashboard draws: ``merge_touching(view(...))`` computed on the index
+        arrays directly (no per-winner frame), with columns lane, row, start_ns, end_ns,
+        kind, px0, px1, members; and the number of column winners (``view``'s rows).
+
+        A bar is a run of non-empty columns of one lane whose winners have one kind;
+        it spans its members' earliest start to latest end and keeps the longest
+        member's row (ties: the first in column order), as :func:`merge_touching`.
+        """
+        kinds, kind_of = self._kind_codes
+        lane_ids, rows = self.index.query(t0_ns, t1_ns, pixels, lanes)
+        n_l, n_p = rows.shape
+        prev = np.concatenate([np.full((n_l, 1), -1, dtype=np.int64), rows[:, :-1]], axis=1)
+        valid = rows >= 0
+        n_winners = int(np.count_nonzero(valid & (rows != prev)))
+        code = np.where(valid, kind_of[np.maximum(rows, 0)], -1)
+        prev_code = np.concatenate([np.full((n_l, 1), -1, dtype=code.dtype), code[:, :-1]],
+                                   axis=1)
+        starts_bar = valid & (code != prev_code)
+        new_winner = (valid & (rows != prev)).ravel()[valid.ravel()]
+        li, pi = np.nonzero(valid)  # row-major: lanes in order, columns ascending
+        r = rows[li, pi]
+        first = np.nonzero(starts_bar[li, pi])[0]  # index into the valid cells
+        if len(first) == 0:
+            empty = pl.DataFrame(schema={**BARS_SCHEMA})
+            return empty, n_winners
+        ix = self.index
+        lo = np.minimum.reduceat(ix.starts[r], first)
+        hi = np.maximum.reduceat(ix.ends[r], first)
+        dur = ix.durs[r]
+        bar_of = np.repeat(np.arange(len(first)), np.diff(np.append(first, len(r))))
+        longest = np.maximum.reduceat(dur, first)
+        pos = np.arange(len(r))
+        at_max = np.where(dur == longest[bar_of], pos, len(r))
+        best = r[np.minimum.reduceat(at_max, first)]
+        last = np.append(first[1:], len(r)) - 1
+        members = np.add.reduceat(new_winner.astype(np.int64), first)
+        return pl.DataFrame({
+            "lane": lane_ids[li[first]].astype(np.int32),
+            "row": ix.order[best],
+            "start_ns": lo,
+            "end_ns": hi,
+            "kind": pl.Series(kinds, dtype=pl.Utf8).gather(kind_of[best]),
+            "px0": pi[first].astype(np.int32),
+            "px1": (pi[last] + 1).astype(np.int32),
+            "members": members.astype(np.uint32),
+        }, schema=BARS_SCHEMA), n_winners
 
     def describe(self, row: int) -> dict[str, Any]:
         """What a click on interval ``row`` shows: name, times, lane, stream,

@@ -372,3 +372,35 @@ def test_figure_sends_starts_and_widths_as_typed_arrays_equal_to_the_bars() -> N
     assert "customdata" not in big and "hovertext" not in big
     assert len(_plain(big["base"])) == many.height
 
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bars_equal_merge_touching_of_the_view(seed: int) -> None:
+    # second method: Timeline.bars (index arrays) against merge_touching(view) (frames)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for lane in range(5):
+        for _ in range(int(rng.integers(0, 60))):
+            s = int(rng.integers(0, 5_000))
+            rows.append((lane, s, s + int(rng.integers(1, 400)), f"n{len(rows)}",
+                         str(rng.choice(["compute", "comm", "memory"]))))
+    tl = _timeline(rows, 6)
+    for t0, t1, px in [(0, 5_500, 60), (-100, 900, 17), (2_000, 2_050, 9), (0, 5_500, 1)]:
+        want = merge_touching(tl.view(t0, t1, px)).select(
+            "lane", "row", "start_ns", "end_ns", "kind", "px0", "px1", "members")
+        got, winners = tl.bars(t0, t1, px)
+        assert got.equals(want), (t0, t1, px)
+        assert winners == tl.view(t0, t1, px).height
+
+
+def test_bars_of_a_sample_run_equal_merge_touching_of_the_view() -> None:
+    frames = analyze([SAMPLES / "cpu" / "dualpipe"], keep_frames=True, workers=1).runs[0].frames
+    tl = build_timeline(frames)
+    lanes = tl.lanes["lane"].to_list()[:20]
+    mid = (tl.t_min + tl.t_max) // 2
+    for frac in (1.0, 0.1, 0.001):
+        half = max(int((tl.t_max - tl.t_min) * frac / 2), 10)
+        want = merge_touching(tl.view(mid - half, mid + half, 500, lanes)).select(
+            "lane", "row", "start_ns", "end_ns", "kind", "px0", "px1", "members")
+        got, _ = tl.bars(mid - half, mid + half, 500, lanes)
+        assert got.height > 0 and got.equals(want), frac

@@ -15,7 +15,7 @@ import polars as pl
 from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
-from overlapscope.analyzers.timeline import Timeline, merge_touching
+from overlapscope.analyzers.timeline import Timeline
 from overlapscope.app.dashboard.components.common import selected
 from overlapscope.app.dashboard.components.figures import (
     GRAPH_CONFIG,
@@ -100,8 +100,8 @@ def window_bars(
     time for the same arguments (a click on a large answer relies on it)."""
     kinds = [g for key in groups for g in GROUPS.get(key, [])]
     lanes = tl.lanes.filter(pl.col("rank").is_in(ranks) & pl.col("group").is_in(kinds))
-    winners = tl.view(t0, t1, pixels, lanes["lane"].to_list(), names=False)
-    return lanes, merge_touching(winners), winners.height
+    bars, n_winners = tl.bars(t0, t1, pixels, lanes["lane"].to_list())
+    return lanes, bars, n_winners
 
 
 def render(
