@@ -97,6 +97,7 @@ def store(path: Path, ff: FileFrames) -> None:
                 "base_time_ns",
                 "overlapscope",
                 "skipped_events",
+                "pg_config",  # process groups: a cached load need not re-read the file
             )
         }
         (tmp / "meta.json").write_text(json.dumps(meta))

@@ -78,7 +78,8 @@ class FileFrames:
     #: (|ts| > MAX_TS_US, dur < 0 or > MAX_DUR_US).
     skipped_events: int = 0
     #: ``distributedInfo.pg_config`` (process groups) when the decoder read it, else
-    #: None (unknown: e.g. a cache entry; skew.process_groups then reads the file).
+    #: None (unknown: e.g. a cache entry written before it was stored;
+    #: skew.process_groups then reads the file).
     pg_config: list[dict[str, Any]] | None = None
 
     FRAME_NAMES = ("activities", "cpu_ops", "annotations", "comm_meta", "warp_events", "counters")

@@ -56,3 +56,24 @@ def test_gzip_not_named_gz_is_left_to_the_reader(tmp_path: Path) -> None:
     frames = load_run(path, cache=False)
     assert "process_groups" not in frames.meta
     assert process_groups(frames) == {"__world__": [0]}
+
+
+def test_cached_load_keeps_the_groups_without_reading_the_files(
+        tmp_path: Path, monkeypatch) -> None:
+    import overlapscope.analyzers.skew as skew
+
+    run = tmp_path / "run"
+    run.mkdir()
+    _write(run / "rank-0.json", _trace(0, [{"pg_name": "5", "ranks": [0, 1]}]))
+    _write(run / "rank-1.json", _trace(1, [{"pg_name": "5", "ranks": [0, 1]}]))
+    monkeypatch.setenv("OVERLAPSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    first = load_run(run, cache=True)  # decodes and stores
+    assert first.meta["process_groups"] == {"5": [0, 1]}
+
+    def no_reading(path: str) -> list:
+        raise AssertionError(f"{path} was read again for its process groups")
+
+    monkeypatch.setattr(skew, "_pg_config", no_reading)
+    again = load_run(run, cache=True)  # from the parquet cache
+    assert again.meta["process_groups"] == {"5": [0, 1]}
+    assert process_groups(again) == {"5": [0, 1], "__world__": [0, 1]}
