@@ -592,6 +592,31 @@ def _mp_context() -> Any:
     return mp.get_context("spawn")
 
 
+def _hold_sigint() -> Any:
+    """Note SIGINT instead of raising it (main thread only; the signal may land on any
+    thread, but its Python handler runs here). Returns what :func:`_release_sigint`
+    needs, or None when the handler could not be set."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: pending.append(signum))
+    return previous, pending
+
+
+def _release_sigint(held: Any) -> None:
+    """Put back the handler :func:`_hold_sigint` replaced; a Ctrl-C noted meanwhile is
+    raised now, as KeyboardInterrupt."""
+    if held is None:
+        return
+    previous, pending = held
+    signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if pending:
+        pending.clear()
+        raise KeyboardInterrupt
+
+
 def _stop_all(procs: list[Any]) -> None:
     for p in procs:
         if p.is_alive():
@@ -627,12 +652,21 @@ def run_local(cfg: RunConfig, on_event: EventFn | None = None) -> dict[str, Any]
     ctx = _mp_context()
     q = ctx.Queue()
     procs = []
+    # Ctrl-C while ranks are being started would leave a half-started child that fails
+    # with a traceback once this process is gone: hold SIGINT until every rank has a pid,
+    # then take it inside the try below, which stops them all.
+    held = _hold_sigint()
     try:
         for rank in range(world):
             log = str(logs / f"rank-{rank}.log")
             p = ctx.Process(target=_child, args=(asdict(cfg), rank, port, q, log), daemon=True)
             p.start()
             procs.append(p)
+    except BaseException:
+        with contextlib.suppress(KeyboardInterrupt):
+            _release_sigint(held)
+        _stop_all(procs)
+        raise
     finally:
         if saved is None:
             os.environ.pop("OMP_NUM_THREADS", None)
@@ -642,6 +676,7 @@ def run_local(cfg: RunConfig, on_event: EventFn | None = None) -> dict[str, Any]
     failure: LaunchError | None = None
     deadline = time.monotonic() + cfg.timeout_s
     try:
+        _release_sigint(held)  # a Ctrl-C held above is raised here
         while len(results) < world and failure is None:
             if time.monotonic() > deadline:
                 missing = [r for r in range(world) if r not in results]
