@@ -14,21 +14,13 @@ from overlapscope.app.dashboard.pages import timeline as timeline_page
 from overlapscope.app.dashboard.state import DashboardState, RunEntry, clock_views
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dash_components import find_component  # noqa: E402
 from synthetic_skew import gpu_run  # noqa: E402
 
 OFFSET_NS = 3_000_000.0
 
 
-def _find(component, cid: str):
-    if getattr(component, "id", None) == cid:
-        return component
-    kids = getattr(component, "children", None)
-    for k in kids if isinstance(kids, list | tuple) else [kids]:
-        if k is not None and not isinstance(k, str):
-            hit = _find(k, cid)
-            if hit is not None:
-                return hit
-    return None
+_find = find_component
 
 
 def _two_ranks():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -45,16 +46,10 @@ def _texts(component) -> list[str]:
     return out
 
 
-def _find(component, cid: str):
-    if getattr(component, "id", None) == cid:
-        return component
-    kids = getattr(component, "children", None)
-    for k in kids if isinstance(kids, list | tuple) else [kids]:
-        if k is not None and not isinstance(k, str):
-            hit = _find(k, cid)
-            if hit is not None:
-                return hit
-    return None
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dash_components import find_component  # noqa: E402
+
+_find = find_component
 
 
 @pytest.fixture(scope="module")
