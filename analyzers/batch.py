@@ -8,18 +8,34 @@
 This is the one front door the CLI, the dashboard and ``compare`` share. Work is
 spread over worker processes: the rank files of one run are decoded in parallel
 (at most ``workers`` files in flight, so memory stays near workers x largest
-file) and the run is analyzed here. Several runs go file by file too: every rank
-file of every run is its own task, and each run's analysis (with ``finish``) is
-one more task once its files are decoded; runs start in input order, two at a
-time (the next run decodes while the head one is analyzed), so at most two
-decoded runs are held. ``engine="ray"`` sends the same tasks to a Ray cluster
+file) and the run is analyzed here. Several runs whose sizes share the workers
+evenly (as many equal runs as workers, or many runs) are one task each: a worker
+decodes and analyzes a whole run, and nothing but its result crosses processes.
+Otherwise (fewer runs than workers, one large run among small ones) they go file
+by file: every rank file of every run is its own task, and each run's analysis
+(with ``finish``) is one more task once its files are decoded; runs start in input
+order, two at a time (the next run decodes while the head one is analyzed), so at
+most two decoded runs are held. ``engine="ray"`` sends the same tasks to a Ray cluster
 (see :mod:`overlapscope.analyzers.batch_ray`).
+
+How decoded files reach the analysis task (several runs file by file on the local
+pool): not through this process. Each decode task leaves its frames on disk and returns only
+where (:mod:`overlapscope.analyzers.handoff`): the parquet cache entry when the
+cache is on, else uncompressed Arrow IPC files in a private temporary directory
+(one per :func:`map_runs` call, a subdirectory per run). The analysis task reads
+them; a run's files are removed as soon as its analysis task is done, and the
+whole directory when :func:`map_runs` ends (normally, on an error, on Ctrl-C, or
+when ``on_error="raise"`` stops early). One run (decoded in parallel, analyzed
+here) and Ray (its object store) pass the frames as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import shutil
+import tempfile
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
@@ -30,6 +46,7 @@ from typing import Any, Literal
 from overlapscope.analyzers import report_cache
 from overlapscope.analyzers.errors import TraceError, WindowError
 from overlapscope.analyzers.frames import TraceFrames
+from overlapscope.analyzers.handoff import FramesRef, decode_to_ref, resolve
 from overlapscope.analyzers.inputs import ReportOptions
 from overlapscope.analyzers.kineto.decode import FileFrames
 from overlapscope.analyzers.load import load_file, load_run, run_files
@@ -146,12 +163,14 @@ def _analyze_task(args: RunArgs) -> Any:
     return finish(out, options) if finish is not None else out
 
 
-def _analyze_decoded(args: RunArgs, *decoded: FileFrames | TraceError) -> Any:
-    """A run whose rank files other tasks decoded: assemble, analyze, finish."""
+def _analyze_decoded(args: RunArgs, *decoded: FramesRef | FileFrames | TraceError) -> Any:
+    """A run whose rank files other tasks decoded: assemble, analyze, finish. The
+    files come as frames (Ray) or as references to frames on disk (local pool)."""
     path, options, cache, keep, finish = args
 
     def decoder(files: list[Path], use_cache: bool) -> Iterator[FileFrames]:
-        for ff in decoded:  # the first bad file in file order is the run's error
+        for item in decoded:  # the first bad file in file order is the run's error
+            ff = resolve(item)
             if isinstance(ff, TraceError):
                 raise ff
             yield ff
@@ -164,31 +183,58 @@ def _analyze_decoded(args: RunArgs, *decoded: FileFrames | TraceError) -> Any:
 class Job:
     """One run's work for an engine: ``decode(d)`` for each ``d`` in ``decodes`` as its
     own task, then ``fn(arg, *decoded)`` as one more (with no decodes: ``fn(arg)``);
-    or, when ``fn`` is None, the outcome ``done`` already known."""
+    or, when ``fn`` is None, the outcome ``done`` already known. ``spill``: the
+    directory where this run's decode tasks leave their frames, for the engine to
+    remove once ``fn`` is done (None: the frames come back from the decode tasks)."""
 
     fn: Callable[..., Any] | None = None
     arg: Any = None
     decode: Callable[[Any], Any] = _decode_or_error
-    decodes: list[tuple[str, bool]] = field(default_factory=list)
+    decodes: list[tuple[Any, ...]] = field(default_factory=list)
     done: Any = None
+    spill: Path | None = None
 
 
 def _jobs(
-    paths: list[Path], options: ReportOptions, cache: bool, keep: bool, finish: Finish | None
+    paths: list[Path],
+    options: ReportOptions,
+    cache: bool,
+    keep: bool,
+    finish: Finish | None,
+    spill_root: Path | None = None,
 ) -> Iterator[Job]:
-    """Each run's Job, planned lazily (when the engine is ready to start that run)."""
-    for path in paths:
+    """Each run's Job, planned lazily (when the engine is ready to start that run).
+    With ``spill_root``, decode tasks hand their frames over on disk (see
+    :func:`_decoding_job`); without (Ray), they return them."""
+    for i, path in enumerate(paths):
         args: RunArgs = (str(path), options, cache, keep, finish)
         try:
             plan = _plan(path, options, cache, keep)
         except TraceError as exc:  # unreadable run: nothing to decode
             plan = exc
         if isinstance(plan, list):
-            yield Job(_analyze_decoded, args, decodes=[(str(f), cache) for f in plan])
+            yield _decoding_job(args, plan, spill_root / f"run-{i}" if spill_root else None)
         elif plan is None:
             yield Job(_analyze_task, args)
         else:
             yield Job(done=finish(plan, options) if finish is not None else plan)
+
+
+def _decoding_job(args: RunArgs, files: list[Path], spill: Path | None) -> Job:
+    """A run decoded file by file. With ``spill`` (a new directory for this run), each
+    file's task leaves its frames on disk and returns where (handoff.decode_to_ref),
+    so they go to the analysis task without a round trip through the parent; if
+    ``spill`` cannot be made, or without it, the decode tasks return the frames."""
+    cache = args[2]
+    if spill is not None:
+        try:
+            spill.mkdir()
+        except OSError:
+            spill = None
+    if spill is None:
+        return Job(_analyze_decoded, args, decodes=[(str(f), cache) for f in files])
+    decodes = [(str(f), cache, str(spill / f"file-{j}")) for j, f in enumerate(files)]
+    return Job(_analyze_decoded, args, decode=decode_to_ref, decodes=decodes, spill=spill)
 
 
 def _plan(
@@ -219,6 +265,26 @@ def _size(path: Path) -> int:
         return sum(f.stat().st_size for f in run_files(path))
     except (TraceError, OSError):
         return 0
+
+
+#: Throughput of file-by-file scheduling relative to whole runs per worker: decoded
+#: files cross process boundaries on disk (handoff.py) and each worker's memory is
+#: touched anew. Measured, two 64-rank runs of 30 MB ranks on 2 workers: 26.2 s file
+#: by file against 22.0 s for two independent processes (benchmarks/RESULTS.md §5).
+FILE_LEVEL_EFFICIENCY = 0.84
+
+
+def whole_runs_balance(run_bytes: list[int], workers: int) -> bool:
+    """True when giving each worker whole runs (largest first, to the least loaded
+    worker) is expected to finish no later than spreading every run's files over all
+    workers: equal runs in multiples of ``workers`` do; one large run among small
+    ones, or fewer runs than workers, do not. Sizes stand in for time."""
+    if workers <= 1 or len(run_bytes) < workers:
+        return False
+    loads = [0] * workers
+    for size in sorted(run_bytes, reverse=True):
+        loads[loads.index(min(loads))] += size
+    return max(loads) <= sum(run_bytes) / workers / FILE_LEVEL_EFFICIENCY
 
 
 def default_workers(paths: list[Path]) -> int:
@@ -272,12 +338,21 @@ class _Live:
     outcome: Future[Any] | None
 
 
+def _drop_spill(job: Job) -> None:
+    """Remove a run's handoff files once its analysis task no longer needs them."""
+    if job.spill is not None:
+        shutil.rmtree(job.spill, ignore_errors=True)
+        job.spill = None
+
+
 def _local_runs(
     jobs: Iterator[Job], pool: Executor, progress: ProgressFn | None
 ) -> Iterator[Any]:
     """Jobs through a local process pool, outcomes in input order: every rank file is
-    a task; once a run's files are all decoded (here, in the parent), its analysis and
-    finish are one more task, so analyses overlap the next run's decoding."""
+    a task; once a run's files are all decoded (what the decode tasks returned comes
+    back here: with ``Job.spill``, only where the frames lie), its analysis and
+    finish are one more task, so analyses overlap the next run's decoding. A run's
+    ``spill`` directory is removed as soon as its analysis task is done."""
     live: deque[_Live] = deque()
     while True:
         while len(live) < RUNS_AHEAD and (job := next(jobs, None)) is not None:
@@ -293,14 +368,16 @@ def _local_runs(
             if run.outcome is None and all(f.done() for f in run.decoding):
                 decoded = [f.result() for f in run.decoding]
                 run.decoding = []
-                for i, (file, _) in enumerate(run.job.decodes):
+                for i, d in enumerate(run.job.decodes):
                     if progress:
-                        progress(Progress("decode", file, i + 1, len(run.job.decodes)))
+                        progress(Progress("decode", d[0], i + 1, len(run.job.decodes)))
                 run.outcome = pool.submit(run.job.fn, run.job.arg, *decoded)
                 del decoded
+            if run.outcome is not None and run.outcome.done():
+                _drop_spill(run.job)
         head = live[0].outcome
         if head is not None and head.done():
-            live.popleft()
+            _drop_spill(live.popleft().job)  # it may have finished since the loop above
             yield head.result()
             continue
         busy = [f for r in live for f in (r.decoding or [r.outcome]) if f is not None]
@@ -379,6 +456,7 @@ def map_runs(
         pool = _LocalPool(workers if workers is not None else default_workers(paths))
         n_workers = pool.workers
     outcomes: Iterable[Any] = []
+    spill_root: Path | None = None  # the local pool's handoff files of several runs
     try:
         if engine == "ray":  # every run file by file, as Ray tasks
             from overlapscope.analyzers.batch_ray import ray_runs
@@ -391,8 +469,14 @@ def map_runs(
         elif n_workers <= 1:  # several runs, one after another in this process
             tasks: list[RunArgs] = [(str(p), options, cache, keep_frames, finish) for p in paths]
             outcomes = map(_analyze_task, tasks)
-        else:  # several runs, file by file across the pool
-            jobs = _jobs(paths, options, cache, keep_frames, finish)
+        elif whole_runs_balance([_size(p) for p in paths], n_workers):
+            # several runs, each whole on one worker: no handoff at all
+            tasks = [(str(p), options, cache, keep_frames, finish) for p in paths]
+            outcomes = pool.executor().map(_analyze_task, tasks)
+        else:  # several runs, file by file across the pool, frames handed over on disk
+            with contextlib.suppress(OSError):  # no temp dir: frames come back as before
+                spill_root = Path(tempfile.mkdtemp(prefix="overlapscope-runs-"))
+            jobs = _jobs(paths, options, cache, keep_frames, finish, spill_root)
             outcomes = _local_runs(jobs, pool.executor(), progress)
         for i, outcome in enumerate(outcomes):
             if isinstance(outcome, TraceError):
@@ -404,10 +488,21 @@ def map_runs(
             if progress:
                 progress(Progress("analyze", str(paths[i]), i + 1, len(paths)))
     finally:
+        _shut_down(outcomes, pool, spill_root)
+    return done, errors
+
+
+def _shut_down(outcomes: Iterable[Any], pool: _LocalPool, spill_root: Path | None) -> None:
+    """Stop the engine and remove the handoff directory, in that order: once the pool
+    has shut down no task can write there any more. The directory goes even when
+    stopping is interrupted (a second Ctrl-C)."""
+    try:
         if isinstance(outcomes, Generator):
             outcomes.close()  # an engine stopped early (on_error="raise") drops its tasks
         pool.close()
-    return done, errors
+    finally:
+        if spill_root is not None:
+            shutil.rmtree(spill_root, ignore_errors=True)
 
 
 def _one_run(

@@ -8,9 +8,12 @@ make_large_trace.py, ``--rank-mb`` MB of uncompressed JSON per rank) with
 ``distributedInfo.rank`` rewritten per copy; data goes to ``--out`` (default /tmp).
 The parquet cache is off, so every timing decodes every file. Per-step samples are
 off (``samples=False``: the same per-trace work as ``analyze``) unless ``--samples``.
-Several runs are decoded file by file (every rank file a task), so more workers
-than runs still help: ``--workers`` lists the local worker counts to time (and Ray
-gets the largest as its CPUs). Prints a JSON summary.
+``--workers`` lists the local worker counts to time (Ray gets the largest as its
+CPUs, started as ``--engine ray`` starts a local instance). Two equal runs
+on two workers are one task each (batch.whole_runs_balance); Ray decodes file by
+file. For scale, the machine's own ceiling is timed too: one ``overlapscope analyze
+RUN --workers 1`` process per run, all started at once (what two independent jobs
+get from these cores). Prints a JSON summary.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +32,7 @@ from overlapscope.analyzers import analyze
 from overlapscope.analyzers.compare import compare, load_runs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_load import overlapscope_cmd  # noqa: E402
 from make_large_trace import DEFAULT_SOURCE, write_large  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +61,19 @@ def timed(fn) -> tuple[float, object]:
     t = time.perf_counter()
     out = fn()
     return time.perf_counter() - t, out
+
+
+def independent_processes(runs: list[Path]) -> float:
+    """Wall seconds of one ``overlapscope analyze RUN --workers 1`` process per run,
+    all started at once: the most these cores give to that many independent jobs."""
+    cli = overlapscope_cmd()
+    t = time.perf_counter()
+    procs = [subprocess.Popen([*cli, "analyze", str(r), "--no-cache", "--workers", "1",
+                               "--format", "json"], stdout=subprocess.DEVNULL)
+             for r in runs]
+    if any(p.wait() != 0 for p in procs):
+        sys.exit("overlapscope analyze failed")
+    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -97,12 +115,15 @@ def main() -> None:
         res[f"compare_local_{workers}_workers_s"] = round(t, 2)
         res[f"compare_local_{workers}_per_trace_ms"] = round(1000 * t / (2 * args.ranks), 1)
     res["local_equal_across_workers"] = all(f.equals(frames[0]) for f in frames)
+    res["independent_processes_s"] = round(independent_processes(runs), 2)
     if not args.no_ray:
         import ray
 
+        from overlapscope.analyzers.batch_ray import _connect
+
         t0 = time.perf_counter()
         cpus = max(args.workers)
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        _connect(None, cpus)  # as `--engine ray` starts a local instance
         res["ray_init_s"] = round(time.perf_counter() - t0, 2)
         t, ray_frame = timed(lambda: cmp(engine="ray", workers=cpus))
         res[f"compare_ray_{cpus}_cpus_s"] = round(t, 2)

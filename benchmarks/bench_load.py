@@ -12,7 +12,9 @@ and with ``--repeat N`` every step N times, interleaved (medians are reported):
    reads (correlation, External id, device, stream, grid, block, bytes), GC off.
    Every other row is reported as a multiple of it;
 2. ``overlapscope analyze FILE --format json --no-cache``: end to end, one process
-   (``--workers 1``), and with ``--workers 2`` (batches decoded in two processes);
+   (``--workers 1``; again pinned to one core with ``taskset -c 0``, since polars
+   otherwise runs a thread per core), and with ``--workers 2`` (batches decoded in two
+   processes);
 3. the same with a fresh cache directory, twice: the cold run (decode + analysis +
    cache writes) and the cached reopen (the stored Report);
 4. optionally (``--steps untyped``) the untyped ``msgspec.json.decode`` into dicts,
@@ -33,6 +35,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -213,6 +216,12 @@ def bench_size(data: Path, mb: int, with_hta: bool, steps: tuple[str, ...] = DEF
     if "analyze" in steps:
         plan.append(("overlapscope analyze --no-cache --workers 1",
                      [*analyze, "--no-cache", "--workers", "1"], False))
+        # polars runs a thread per core even with one worker: pinned, this is the
+        # like-for-like comparison with the single-threaded floor.
+        if shutil.which("taskset"):
+            plan.append(("overlapscope analyze --no-cache --workers 1, one core (taskset -c 0)",
+                         ["taskset", "-c", "0", *analyze, "--no-cache", "--workers", "1"],
+                         False))
     if "parallel" in steps:
         plan.append(("overlapscope analyze --no-cache --workers 2",
                      [*analyze, "--no-cache", "--workers", "2"], False))

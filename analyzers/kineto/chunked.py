@@ -20,12 +20,18 @@ type the fast schema does not know, mixed float/text time conversion) raises
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import gzip
 import multiprocessing
 import os
+import pickle
 import re
+import shutil
+import tempfile
+import threading
 import zlib
+from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +53,8 @@ HEAD_LIMIT = 4 << 20
 TAIL_LIMIT = 4 << 20
 #: Most closing-bracket candidates tried at the end of the file.
 MAX_TAIL_TRIES = 256
+#: Ranges queued per pool worker: the next one waits there while a result travels back.
+FEED_DEPTH = 2
 #: Below this many bytes of events per extra worker, parallel decoding does not pay.
 MIN_BYTES_PER_WORKER = 16 << 20
 
@@ -298,20 +306,47 @@ def decode_range(src: _Source, start: int, end: int, base: int,
     return out
 
 
-def _worker(path: str, start: int, end: int, base: int,
-            chunk_bytes: int) -> list[ChunkResult] | None:
-    """Process-pool task: one range of a file's events; None when it must fall back."""
+def _worker(path: str, start: int, end: int, base: int, chunk_bytes: int,
+            spill_dir: str | None = None) -> list[ChunkResult] | str | None:
+    """Process-pool task: one range of a file's events; None when it must fall back.
+
+    With ``spill_dir`` the results are pickled to a file there and its path returned:
+    the parent then reads them in one call, where a pipe would hand them over 64 KiB
+    at a time, each piece waiting for the parent's busy decoding thread to yield.
+    """
     was = gc.isenabled()
     gc.disable()
     src = _Source(Path(path))
     try:
-        return decode_range(src, start, end, base, chunk_bytes)
+        results = decode_range(src, start, end, base, chunk_bytes)
     except Fallback:
         return None
     finally:
         src.close()
         if was:
             gc.enable()
+    if spill_dir is None:
+        return results
+    try:
+        fd, spilled = tempfile.mkstemp(dir=spill_dir, suffix=".pickle")
+        with os.fdopen(fd, "wb") as fh:
+            pickle.dump(results, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    except OSError:  # a full or read-only temp dir: send them through the pipe
+        return results
+    return spilled
+
+
+def _unspill(got: list[ChunkResult] | str | None) -> list[ChunkResult] | None:
+    """A worker's results, read back (and deleted) when it spilled them to a file."""
+    if not isinstance(got, str):
+        return got
+    try:
+        with open(got, "rb") as fh:
+            data = fh.read()
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(got)
+    return pickle.loads(data)
 
 
 def decode_chunked(path: Path, *, workers: int = 1, chunk_bytes: int | None = None) -> D.FileFrames:
@@ -352,42 +387,88 @@ def _decode_parallel(src: _Source, layout: Layout, base: int, chunk_bytes: int,
                      workers: int) -> list[ChunkResult]:
     """Ranges of the events text shared between this process and ``workers - 1`` others.
 
-    The file is cut into about ``4 x workers`` ranges. Every range but the first is
-    queued for the pool; this process works through the ranges from the front and
-    takes over any queued range a worker has not started yet (``Future.cancel``), so
-    a slow-starting pool costs nothing.
+    The text is cut into ranges of about one batch each. Every process claims the next
+    unclaimed range when it is free (a shared counter): a worker that starts late or
+    runs slower simply claims fewer, so the tail is at most one range. Each pool worker
+    is fed by a thread here that keeps :data:`FEED_DEPTH` claimed ranges queued for it
+    and collects their results; this process decodes the ranges it claims itself,
+    meanwhile.
     """
-    span = layout.end - layout.start
-    piece = max(chunk_bytes, span // (4 * workers) + 1)
-    ranges = cut_points(src, layout.start, layout.end, piece)
+    ranges = cut_points(src, layout.start, layout.end, chunk_bytes)
     if len(ranges) == 1:
         return decode_range(src, layout.start, layout.end, base, chunk_bytes)
-    ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(workers - 1, mp_context=ctx)
-    try:
-        futures: list[Future[Any] | None] = [None]
-        for a, b in ranges[1:]:
-            try:
-                futures.append(pool.submit(_worker, str(src.path), a, b, base, chunk_bytes))
-            except Exception:  # noqa: BLE001 - no processes here (e.g. a daemon): do it here
-                futures.append(None)
-        out: list[list[ChunkResult] | None] = [None] * len(ranges)
-        for i, (a, b) in enumerate(ranges):
-            fut = futures[i]
-            if fut is None or fut.cancel():
-                out[i] = decode_range(src, a, b, base, chunk_bytes)
-        for i, fut in enumerate(futures):
-            if out[i] is None and fut is not None:
-                try:
-                    got = fut.result()
-                except Exception:  # noqa: BLE001 - a broken pool: do the range here
-                    got = decode_range(src, *ranges[i], base, chunk_bytes)
-                if got is None:
-                    raise Fallback
+    out: list[list[ChunkResult] | None] = [None] * len(ranges)
+    claim = _Claims(len(ranges))
+    failed: list[BaseException] = []
+    pool = ProcessPoolExecutor(min(workers - 1, len(ranges) - 1),
+                               mp_context=multiprocessing.get_context("spawn"))
+
+    def feed() -> None:
+        """Keep one pool worker busy: two claimed ranges in flight (the next is queued
+        while a result travels back), store what comes back."""
+        try:
+            queued: deque[tuple[int, Future[Any]]] = deque()
+            while True:
+                while len(queued) < FEED_DEPTH and (i := claim.next()) is not None:
+                    queued.append((i, pool.submit(_worker, str(src.path), *ranges[i], base,
+                                                  chunk_bytes, spill_dir)))
+                if not queued:
+                    return
+                i, fut = queued.popleft()
+                got = _unspill(fut.result())
+                if got is None:  # the worker could not vouch for its range
+                    failed.append(Fallback())
+                    claim.stop()
+                    return
                 out[i] = got
+        except Exception as exc:  # noqa: BLE001 - no processes here (e.g. a daemon): give up on
+            failed.append(exc)  # the pool; this process decodes what is left (below)
+
+    feeders = [threading.Thread(target=feed, daemon=True) for _ in range(pool._max_workers)]
+    try:  # workers hand their results over as files here (see _worker)
+        spill_dir: str | None = tempfile.mkdtemp(prefix="overlapscope-decode-")
+    except OSError:
+        spill_dir = None
+    try:
+        for t in feeders:
+            t.start()
+        while (i := claim.next()) is not None:
+            out[i] = decode_range(src, *ranges[i], base, chunk_bytes)
+        for t in feeders:
+            t.join()
+    except BaseException:
+        claim.stop()
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        if spill_dir is not None:
+            shutil.rmtree(spill_dir, ignore_errors=True)
+    if any(isinstance(exc, Fallback) for exc in failed):
+        raise Fallback
+    for i, got in enumerate(out):  # ranges lost with a broken pool: decode them here
+        if got is None:
+            out[i] = decode_range(src, *ranges[i], base, chunk_bytes)
     return [r for rs in out if rs is not None for r in rs]
+
+
+class _Claims:
+    """Hands out range indices 0, 1, ... once each, to any thread; ``stop`` ends it."""
+
+    def __init__(self, n: int) -> None:
+        self._n = n
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> int | None:
+        with self._lock:
+            if self._next >= self._n:
+                return None
+            self._next += 1
+            return self._next - 1
+
+    def stop(self) -> None:
+        with self._lock:
+            self._next = self._n
 
 
 def _assemble(path: Path, trace: FastKinetoTrace, base: int,

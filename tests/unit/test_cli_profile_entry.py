@@ -98,3 +98,15 @@ def test_sigint_during_a_profile_run_stops_the_ranks(tmp_path) -> None:
     assert proc.returncode == 130, proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == "interrupted"
+
+
+def test_entry_sets_polars_jemalloc_conf_unless_the_user_did(monkeypatch) -> None:
+    from overlapscope.app import entry
+
+    seen: list[str | None] = []
+    monkeypatch.setattr(cli, "main", lambda: seen.append(os.environ.get("_RJEM_MALLOC_CONF")))
+    monkeypatch.delenv("_RJEM_MALLOC_CONF", raising=False)
+    entry.main()
+    monkeypatch.setenv("_RJEM_MALLOC_CONF", "narenas:1")
+    entry.main()
+    assert seen == ["background_thread:true,dirty_decay_ms:500,muzzy_decay_ms:0", "narenas:1"]

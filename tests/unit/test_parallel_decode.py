@@ -155,3 +155,45 @@ def test_parallel_ranges_cover_every_event(tmp_path: Path, monkeypatch: pytest.M
     whole = decode_whole(path)
     ff = chunked.decode_chunked(path, workers=3, chunk_bytes=2_000)
     assert_same(("ok", whole), ("ok", ff), path)
+
+
+class _NoProcesses:
+    """A pool that cannot start processes (as inside a daemon): every submit fails."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._max_workers = args[0] if args else 1
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("no processes here")
+
+    def shutdown(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def test_parallel_decode_without_processes_decodes_every_range_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(chunked, "MIN_BYTES_PER_WORKER", 1)
+    monkeypatch.setattr(chunked, "ProcessPoolExecutor", _NoProcesses)
+    path = _kineto_like(tmp_path, "t.json", indent=None, extra_tail={}, n=300)
+    ff = chunked.decode_chunked(path, workers=3, chunk_bytes=1_000)
+    assert ff.activities.height == 300
+    assert_same(("ok", decode_whole(path)), ("ok", ff), path)
+
+
+@pytest.mark.slow
+def test_a_range_a_worker_cannot_vouch_for_falls_back_to_the_whole_decode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One event the fast schema cannot type ("ts" as an object) deep in the file: the
+    # batch holding it fails, in whichever process claimed it, and the file is decoded
+    # whole, which skips that one event.
+    monkeypatch.setattr(chunked, "MIN_BYTES_PER_WORKER", 1)
+    path = _kineto_like(tmp_path, "t.json", indent=None, extra_tail={}, n=300)
+    doc = json.loads(path.read_text())
+    doc["traceEvents"][250]["ts"] = {"odd": 1}
+    path.write_text(json.dumps(doc))
+    with pytest.raises(chunked.Fallback):
+        chunked.decode_chunked(path, workers=2, chunk_bytes=1_000)
+    ff = decode_file(path, workers=2, chunk_bytes=1_000)
+    assert ff.activities.height == 299 and ff.skipped_events == 1
