@@ -40,15 +40,17 @@ from overlapscope.analyzers.gates import parse_gate
 PROFILE = [
     "profile", "--workload", "dualpipe-moe", "--schedule", "dualpipe", "--pp", "2",
     "--ep", "2", "--nodes", "2", "--gpus-per-node", "2", "--micro-batches", "4",
-    "--steps", "6",
 ]
+#: Profiled steps per run (``--steps``): each step is one sample of the noise-aware gate.
+DEFAULT_STEPS = 6
 
 
-def profile(out: Path, extra: list[str]) -> Path:
+def profile(out: Path, extra: list[str], steps: int = DEFAULT_STEPS) -> Path:
     """Run the profile command once into ``out`` (skipped when it already holds a run)."""
     if (out / "run.json").exists():
         return out
-    cmd = [sys.executable, "-m", "overlapscope.app.cli", *PROFILE, *extra, "--out", str(out)]
+    cmd = [sys.executable, "-m", "overlapscope.app.cli", *PROFILE, "--steps", str(steps),
+           *extra, "--out", str(out)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    env={**os.environ, "OMP_NUM_THREADS": "1"})
     return out
@@ -102,14 +104,17 @@ def main() -> None:
                     help="directory prefix of the changed runs (one per set of --change)")
     ap.add_argument("--stretch", type=float, nargs="*", default=[0.2, 0.5],
                     help="comm-op stretch factors injected into the A/A pairs' second run")
+    ap.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                    help="profiled steps per run (samples per run for the rank test; use a "
+                    "fresh --out when changing it)")
     args = ap.parse_args()
     t0 = time.time()
     aa, ab = [], []
     injected: dict[str, list[dict[str, object]]] = {f"{x:g}": [] for x in args.stretch}
     for i in range(args.pairs):
-        a = profile(args.out / f"a{i}", [])
-        a2 = profile(args.out / f"a{i}_again", [])
-        b = profile(args.out / f"{args.change_name}{i}", args.change.split())
+        a = profile(args.out / f"a{i}", [], args.steps)
+        a2 = profile(args.out / f"a{i}_again", [], args.steps)
+        b = profile(args.out / f"{args.change_name}{i}", args.change.split(), args.steps)
         aa.append(verdicts(a, a2, args.gate, args.alpha))
         ab.append(verdicts(a, b, args.gate, args.alpha))
         for x in args.stretch:
@@ -122,7 +127,7 @@ def main() -> None:
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, "
                    f"Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d"),
-        "profile": " ".join(PROFILE),
+        "profile": " ".join([*PROFILE, "--steps", str(args.steps)]),
         "change": args.change,
         "gate": args.gate,
         "alpha": args.alpha,

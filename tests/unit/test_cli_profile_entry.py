@@ -67,13 +67,32 @@ def _sigint_after(delay_s: float, args: list[str]) -> subprocess.CompletedProces
     """Start the console script's code path, send SIGINT after ``delay_s``, collect output."""
     code = ("import sys; from overlapscope.app.entry import main; "
             "sys.argv[0] = 'overlapscope'; main()")
-    env = {**os.environ, "COLUMNS": "100"}
+    env = {**os.environ, "COLUMNS": "100", "PYTHONFAULTHANDLER": "1"}
+    # Its own process group: if it does not end, everything it started can be listed
+    # and made to dump its Python stacks (faulthandler) for the failure message.
     proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     time.sleep(delay_s)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(_hang_report(proc))
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _hang_report(proc: subprocess.Popen) -> str:
+    """Which processes of the group are left, and their Python stacks."""
+    exited = proc.poll()
+    ps = subprocess.run(["ps", "-o", "pid,ppid,stat,etime,args", "-g", str(proc.pid)],
+                        capture_output=True, text=True).stdout
+    try:
+        os.killpg(proc.pid, signal.SIGABRT)  # faulthandler prints every thread's stack
+    except ProcessLookupError:
+        pass
+    out, err = proc.communicate(timeout=30)
+    return (f"no end 60 s after SIGINT (parent exit status: {exited}); processes left:\n"
+            f"{ps}\nstderr:\n{err[-6000:]}\nstdout:\n{out[-2000:]}")
 
 
 # a sweep that runs for minutes: the signal always lands while it is busy
