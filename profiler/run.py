@@ -592,29 +592,48 @@ def _mp_context() -> Any:
     return mp.get_context("spawn")
 
 
-def _hold_sigint() -> Any:
-    """Note SIGINT instead of raising it (main thread only; the signal may land on any
-    thread, but its Python handler runs here). Returns what :func:`_release_sigint`
-    needs, or None when the handler could not be set."""
-    import threading
+class SigintLatch:
+    """Ctrl-C noted, not raised, until :meth:`check`: between checks no code can lose it.
 
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    pending: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _frame: pending.append(signum))
-    return previous, pending
+    A KeyboardInterrupt raised at a random point can be swallowed (an import's bare
+    ``except:`` inside torch, say: the run then simply went on, seen in CI) or leave a
+    half-started rank behind. While the latch is held, SIGINT only notes itself (its
+    Python handler runs in the main thread, whichever thread the signal lands on), and
+    :meth:`check` raises it where the caller can stop cleanly. Leaving the ``with``
+    block puts the previous handler back and raises a Ctrl-C noted since the last
+    check. Outside the main thread it does nothing (signals are the main thread's).
+    """
 
+    def __init__(self) -> None:
+        self._pending: list[int] = []
+        self._previous: Any = None
+        self._active = False
 
-def _release_sigint(held: Any) -> None:
-    """Put back the handler :func:`_hold_sigint` replaced; a Ctrl-C noted meanwhile is
-    raised now, as KeyboardInterrupt."""
-    if held is None:
-        return
-    previous, pending = held
-    signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
-    if pending:
-        pending.clear()
-        raise KeyboardInterrupt
+    def __enter__(self) -> SigintLatch:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._note)
+            self._active = True
+        return self
+
+    def _note(self, signum: int, _frame: Any) -> None:
+        self._pending.append(signum)
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if Ctrl-C was pressed since the last check."""
+        if self._pending:
+            self._pending.clear()
+            raise KeyboardInterrupt
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if self._active:
+            self._active = False
+            previous = self._previous
+            signal.signal(signal.SIGINT,
+                          previous if previous is not None else signal.default_int_handler)
+        if exc_type is None:
+            self.check()
 
 
 def _stop_all(procs: list[Any]) -> None:
@@ -629,12 +648,22 @@ def _stop_all(procs: list[Any]) -> None:
             p.join(1.0)
 
 
-def run_local(cfg: RunConfig, on_event: EventFn | None = None) -> dict[str, Any]:
+def run_local(cfg: RunConfig, on_event: EventFn | None = None,
+              sigint: SigintLatch | None = None) -> dict[str, Any]:
     """Spawn every rank on this machine and wait; returns ``{"results", "wall_s", ...}``.
 
     Raises :class:`ConfigError` for a bad configuration and :class:`LaunchError` naming
     the first rank that failed (exception, non-zero exit, signal) or that timed out.
+    Ctrl-C stops every rank and raises KeyboardInterrupt; ``sigint``: a latch the caller
+    already holds (e.g. since before torch was imported), else one is held here.
     """
+    if sigint is None:
+        with SigintLatch() as latch:
+            return _run_local(cfg, on_event, latch)
+    return _run_local(cfg, on_event, sigint)
+
+
+def _run_local(cfg: RunConfig, on_event: EventFn | None, latch: SigintLatch) -> dict[str, Any]:
     t_start = time.perf_counter()
     cfg = resolve(cfg)
     cfg = replace(cfg, backend=pick_backend(cfg.backend, cfg.world_size))
@@ -652,19 +681,16 @@ def run_local(cfg: RunConfig, on_event: EventFn | None = None) -> dict[str, Any]
     ctx = _mp_context()
     q = ctx.Queue()
     procs = []
-    # Ctrl-C while ranks are being started would leave a half-started child that fails
-    # with a traceback once this process is gone: hold SIGINT until every rank has a pid,
-    # then take it inside the try below, which stops them all.
-    held = _hold_sigint()
+    # Ctrl-C is only noted while ranks start (a half-started child would fail with a
+    # traceback once this process is gone); the loop below takes it and stops them all.
     try:
+        latch.check()
         for rank in range(world):
             log = str(logs / f"rank-{rank}.log")
             p = ctx.Process(target=_child, args=(asdict(cfg), rank, port, q, log), daemon=True)
             p.start()
             procs.append(p)
     except BaseException:
-        with contextlib.suppress(KeyboardInterrupt):
-            _release_sigint(held)
         _stop_all(procs)
         raise
     finally:
@@ -676,8 +702,8 @@ def run_local(cfg: RunConfig, on_event: EventFn | None = None) -> dict[str, Any]
     failure: LaunchError | None = None
     deadline = time.monotonic() + cfg.timeout_s
     try:
-        _release_sigint(held)  # a Ctrl-C held above is raised here
         while len(results) < world and failure is None:
+            latch.check()  # Ctrl-C: raised here, every 0.2 s at most
             if time.monotonic() > deadline:
                 missing = [r for r in range(world) if r not in results]
                 failure = LaunchError(

@@ -280,6 +280,7 @@ def register(app: typer.Typer) -> None:
             ConfigError,
             LaunchError,
             RunConfig,
+            SigintLatch,
             is_torchrun_env,
             pick_backend,
             resolve,
@@ -340,12 +341,15 @@ def register(app: typer.Typer) -> None:
             clock_skew_seed=clock_skew_seed,
         )
         torchrun = is_torchrun_env()
-        try:
-            cfg = resolve(cfg)
-            # before any rank starts: e.g. --backend nccl on a machine without CUDA
-            pick_backend(cfg.backend, cfg.gpus_per_node if torchrun else cfg.world_size)
-        except ConfigError as exc:
-            raise refuse(str(exc)) from None
+        # Importing the workload imports torch (seconds): a Ctrl-C meanwhile is noted
+        # and raised once it is done, never lost in the import (see SigintLatch).
+        with SigintLatch():
+            try:
+                cfg = resolve(cfg)
+                # before any rank starts: e.g. --backend nccl on a machine without CUDA
+                pick_backend(cfg.backend, cfg.gpus_per_node if torchrun else cfg.world_size)
+            except ConfigError as exc:
+                raise refuse(str(exc)) from None
         console = Console()
         try:
             if torchrun:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bad_runs import half_bad_run
 
 from overlapscope.analyzers import analyze, batch, handoff
 from overlapscope.analyzers.errors import TraceError
@@ -146,15 +147,6 @@ def _file_dirs(root: Path) -> set[Path]:
     return {f.parent for f in root.rglob("*") if f.is_file()}
 
 
-def _bad_run(tmp_path: Path) -> tuple[Path, Path]:
-    """The handmade run with rank 1 cut in half: the run fails, naming rank-1."""
-    run = tmp_path / "half-bad"
-    shutil.copytree(S / "handmade", run)
-    good = (S / "handmade" / "rank-1.json.gz").read_bytes()
-    (run / "rank-1.json.gz").write_bytes(good[: len(good) // 2])
-    return run, run / "rank-1.json.gz"
-
-
 @pytest.mark.slow
 def test_map_runs_removes_each_runs_files_then_all(tmp_root: Path) -> None:
     # 8 rank files, then a one-file run, then 8 again.
@@ -182,7 +174,7 @@ def test_map_runs_removes_each_runs_files_then_all(tmp_root: Path) -> None:
 
 @pytest.mark.slow
 def test_bad_inputs_raise_and_interrupt_leave_nothing(tmp_root: Path, tmp_path: Path) -> None:
-    bad_run, bad_file = _bad_run(tmp_path)
+    bad_run, bad_file = half_bad_run(tmp_path)
     missing = tmp_path / "nope"
     opts = ReportOptions()
     paths = [S / "cpu" / "dualpipe", bad_run, missing, S / "handmade"]

@@ -4,13 +4,13 @@ most two runs are in progress at once."""
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from bad_runs import half_bad_run
 
 from overlapscope.analyzers import analyze, batch
 from overlapscope.analyzers.compare import compare, load_runs
@@ -26,15 +26,6 @@ def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache"
 
 
-def _bad_run(tmp_path: Path) -> tuple[Path, Path]:
-    """The handmade run with rank 1 cut in half: the run fails, naming rank-1."""
-    run = tmp_path / "half-bad"
-    shutil.copytree(S / "handmade", run)
-    good = (S / "handmade" / "rank-1.json.gz").read_bytes()
-    (run / "rank-1.json.gz").write_bytes(good[: len(good) // 2])
-    return run, run / "rank-1.json.gz"
-
-
 def _same_reports(a: list, b: list) -> None:
     assert len(a) == len(b)
     for x, y in zip(a, b, strict=True):
@@ -47,7 +38,7 @@ def _same_reports(a: list, b: list) -> None:
 
 @pytest.mark.slow
 def test_file_by_file_equals_run_by_run(tmp_path: Path) -> None:
-    bad_run, bad_file = _bad_run(tmp_path)
+    bad_run, bad_file = half_bad_run(tmp_path)
     missing = tmp_path / "nope"
     paths = [S / "handmade", bad_run, S / "h200" / "gpu_overlap_rank0.json.gz", missing,
              S / "cpu" / "ep-dispatch", S / "h200" / "warp_events_M4_NS1_NR1.csv.gz"]
@@ -82,7 +73,7 @@ def test_compare_samples_and_raise(tmp_path: Path) -> None:
     frames = [compare([r.report for r in rr], steps=[r.steps for r in rr])
               for rr in (runs_p, runs_s)]
     assert frames[0].equals(frames[1], null_equal=True) and frames[0].height == 3
-    bad_run, bad_file = _bad_run(tmp_path)
+    bad_run, bad_file = half_bad_run(tmp_path)
     with pytest.raises(TraceError) as info:
         load_runs([pair[0], bad_run, S / "handmade"], workers=2, cache=False,
                   on_error="raise")

@@ -109,9 +109,10 @@ def test_sigint_prints_one_line_and_exits_130(delay_s: float) -> None:
 
 
 @pytest.mark.slow  # spawns gloo ranks
-def test_sigint_during_a_profile_run_stops_the_ranks(tmp_path) -> None:
+@pytest.mark.parametrize("delay_s", [1.5, 8.0])  # while torch imports; while ranks run
+def test_sigint_during_a_profile_run_stops_the_ranks(tmp_path, delay_s: float) -> None:
     pytest.importorskip("torch")
-    proc = _sigint_after(8.0, ["profile", "--workload", "smoke", "--nodes", "1",
+    proc = _sigint_after(delay_s, ["profile", "--workload", "smoke", "--nodes", "1",
                                "--gpus-per-node", "2", "--steps", "100000",
                                "--out", str(tmp_path / "r")])
     assert proc.returncode == 130, proc.stderr
@@ -129,3 +130,23 @@ def test_entry_sets_polars_jemalloc_conf_unless_the_user_did(monkeypatch) -> Non
     monkeypatch.setenv("_RJEM_MALLOC_CONF", "narenas:1")
     entry.main()
     assert seen == ["background_thread:true,dirty_decay_ms:500,muzzy_decay_ms:0", "narenas:1"]
+
+
+def test_sigint_latch_notes_ctrl_c_until_checked() -> None:
+    from overlapscope.profiler.run import SigintLatch
+
+    before = signal.getsignal(signal.SIGINT)
+    with SigintLatch() as latch:
+        try:  # what a library's bare except would do to a raised KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        except BaseException:  # noqa: BLE001
+            pytest.fail("Ctrl-C was raised inside the latch")
+        with pytest.raises(KeyboardInterrupt):
+            latch.check()
+        latch.check()  # once only
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        with pytest.raises(KeyboardInterrupt):  # noted and unchecked: raised on leaving
+            latch.__exit__(None, None, None)
+    assert signal.getsignal(signal.SIGINT) is before
