@@ -71,7 +71,8 @@ def _sigint_after(delay_s: float, args: list[str]) -> subprocess.CompletedProces
     # Its own process group: if it does not end, everything it started can be listed
     # and made to dump its Python stacks (faulthandler) for the failure message.
     proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+                            preexec_fn=_as_from_a_terminal)
     time.sleep(delay_s)
     proc.send_signal(signal.SIGINT)
     try:
@@ -79,6 +80,13 @@ def _sigint_after(delay_s: float, args: list[str]) -> subprocess.CompletedProces
     except subprocess.TimeoutExpired:
         pytest.fail(_hang_report(proc))
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _as_from_a_terminal() -> None:
+    """In the child before exec: SIGINT handled by default, as in a shell's foreground
+    job. A test process started in the background inherits SIGINT ignored, and Python
+    keeps an inherited "ignore": Ctrl-C would then do nothing (seen in CI)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _hang_report(proc: subprocess.Popen) -> str:
