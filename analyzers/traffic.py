@@ -21,6 +21,8 @@ fits in one node, otherwise "unknown".
 
 from __future__ import annotations
 
+import functools
+
 from typing import Any
 
 import polars as pl
@@ -89,6 +91,7 @@ def _ring_share(kind: str, n: int) -> float | None:
     return None
 
 
+@functools.lru_cache(maxsize=1024)  # a job has a handful of collective names
 def _collective_kind(name: str | None) -> str | None:
     """all_reduce / all_gather / reduce_scatter / all_to_all, or None (not split)."""
     key = "".join(ch for ch in (name or "").lower() if ch.isalpha())

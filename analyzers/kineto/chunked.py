@@ -42,7 +42,7 @@ import polars as pl
 
 from overlapscope.analyzers.kineto import decode as D
 from overlapscope.analyzers.kineto.columns import build_frame_parts, merge_parts
-from overlapscope.analyzers.kineto.schema import KEPT_EVENT_TYPES, FastKinetoTrace, PgConfigHead
+from overlapscope.analyzers.kineto.schema import FastKinetoTrace, PgConfigHead, kept_events
 from overlapscope.analyzers.kineto.timeconv import needs_text_path, us_to_ns
 
 #: Default batch size (bytes of JSON text).
@@ -260,7 +260,7 @@ def _decode_batch(text: memoryview, base: int) -> ChunkResult:
     except msgspec.MsgspecError as exc:
         raise Fallback from exc
     n_events = len(all_events)
-    events = [e for e in all_events if isinstance(e, KEPT_EVENT_TYPES)]
+    events = kept_events(all_events)
     del all_events
     ts_np, dur_np, dur_missing, usable = D.float_times(events)
     use_text = needs_text_path(ts_np) or needs_text_path(dur_np)

@@ -24,11 +24,11 @@ import polars as pl
 from overlapscope.analyzers.errors import TraceError
 from overlapscope.analyzers.kineto.columns import build_frame_parts, merge_parts
 from overlapscope.analyzers.kineto.schema import (
-    KEPT_EVENT_TYPES,
     FastEvent,
     FastKinetoTrace,
     KinetoTrace,
     TraceEvent,
+    kept_events,
 )
 from overlapscope.analyzers.kineto.timeconv import decimal_text_us_to_ns, needs_text_path, us_to_ns
 
@@ -156,7 +156,7 @@ def _decode_file(path: Path) -> FileFrames:
         raise TraceError(path, "'traceEvents' is empty: the profiler recorded nothing")
     # Only intervals ("X") and counters ("C") carry what the analyzers read.
     if isinstance(trace, FastKinetoTrace):
-        events = [e for e in all_events if isinstance(e, KEPT_EVENT_TYPES)]
+        events = kept_events(all_events)
     else:
         events = [e for e in all_events if e.ph in KEPT_PHASES]
     del all_events

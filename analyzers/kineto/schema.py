@@ -11,6 +11,7 @@ does not fit these types is decoded generically (see decode.py).
 
 from __future__ import annotations
 
+from itertools import compress
 from typing import Any, ClassVar, Union
 
 import msgspec
@@ -150,6 +151,13 @@ _SKIP_TYPES = tuple(
 )
 FastEvent = Union[CompleteEvent, CounterEvent, *_SKIP_TYPES]  # noqa: UP007
 KEPT_EVENT_TYPES = (CompleteEvent, CounterEvent)
+_IS_KEPT_TYPE = frozenset(KEPT_EVENT_TYPES).__contains__
+
+
+def kept_events(events: list[Any]) -> list[Any]:
+    """The intervals and counters among fast-path events, in order (C-level loops:
+    a comprehension with isinstance costs twice as much on millions of events)."""
+    return list(compress(events, map(_IS_KEPT_TYPE, map(type, events))))
 
 
 class FastKinetoTrace(_TraceHeader):
