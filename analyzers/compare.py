@@ -350,8 +350,11 @@ def _diff(kind: str, base: pl.DataFrame, cur: pl.DataFrame, rel: float) -> pl.Da
               .when(d > rel * pl.col("ms").abs()).then(pl.lit("slower"))
               .when(d < -rel * pl.col("ms").abs()).then(pl.lit("faster"))
               .otherwise(pl.lit("same")))
+    # A name found on one side only was not matched at all.
+    matched = pl.when(pl.col("ms").is_null() | pl.col("ms_new").is_null()).then(None).otherwise(
+        pl.col("matched_by"))
     return j.select(
-        pl.lit(kind).alias("kind"), "name", status.alias("status"), "matched_by",
+        pl.lit(kind).alias("kind"), "name", status.alias("status"), matched.alias("matched_by"),
         pl.col("count").alias("base_count"), "count_new", pl.col("ms").alias("base_ms"),
         "ms_new", d.alias("delta_ms"),
         pl.when(pl.col("ms") != 0).then(d / pl.col("ms").abs()).alias("rel"),

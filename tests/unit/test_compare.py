@@ -105,6 +105,8 @@ def test_diff_kernels_says_what_changed(tmp_path: Path) -> None:
     assert nccl["delta_ms"] == pytest.approx(0.010) and nccl["rel"] == pytest.approx(0.5)
     assert k["triton_silu_fused"]["status"] == "appeared"
     assert k["triton_silu_fused"]["ms"] == pytest.approx(0.003)
+    assert k["triton_silu_fused"]["matched_by"] is None  # on one side only: no match
+    assert nccl["matched_by"] == "name"
     assert k["ampere_sgemm_128x64_nn"]["status"] == "same"
     back = diff_kernels(runs[1].report, runs[0].report)
     gone = back.filter((back["kind"] == "kernel") & (back["name"] == "triton_silu_fused"))

@@ -234,3 +234,34 @@ def test_click_on_a_large_answer_finds_the_same_bar_as_its_customdata(
     # another run's or clock's window is not the one drawn: no guess
     assert timeline_page.clicked_row(tl, {"curveNumber": 0, "pointNumber": 0},
                                      {**window, "clock": "corrected"}, e.id, "raw") is None
+
+
+def test_compare_chart_shows_each_metric_change_against_the_baseline(app) -> None:
+    from overlapscope.analyzers.compare import compare, diff_kernels
+    from overlapscope.app.dashboard.pages import compare as compare_page
+
+    base = _entry(app, "cpu/dualpipe").result.report
+    other = _entry(app, "sample_traces/handmade").result.report
+    df = compare([base, other], baseline=0, labels=["a", "b"])
+    fig = F.compare_changes(df, list(METRICS.values()))
+    (bars,) = fig["data"]  # one compared run: one bar series
+    hb, ho = base.headline(), other.headline()
+    # every metric both runs have, baseline non-zero: (other - base) / |base| in %
+    expected = {label(m.name): 100 * (ho[m.name] - hb[m.name]) / abs(hb[m.name])
+                for m in METRICS.values()
+                if hb.get(m.name) not in (None, 0) and ho.get(m.name) is not None}
+    got = {y: x for y, x in zip(bars["y"], bars["x"], strict=True) if x is not None}
+    assert got.keys() == expected.keys() and expected
+    for k, v in expected.items():
+        assert got[k] == pytest.approx(v)
+    # colours follow the metric's better direction: more exposed comm is worse
+    i = bars["y"].index(label("exposed_comm_ms"))
+    worse = ho["exposed_comm_ms"] > hb["exposed_comm_ms"]
+    assert bars["marker"]["color"][i] == F.CHANGE_COLORS["worse" if worse else "better"]
+    assert F.change_tone(0.0, "higher") == "neutral" and F.change_tone(-1, "lower") == "better"
+    # the changes table lists what moved, at most DIFF_ROWS rows
+    diff = diff_kernels(base, other)
+    table = compare_page._diff_table(diff, 1)
+    moved = diff.filter(pl.col("status") != "same").height
+    rows = _find(table, "cmp-diff-1").children.children[1].children
+    assert len(rows) == min(moved, compare_page.DIFF_ROWS) and moved > 0

@@ -16,7 +16,7 @@ import polars as pl
 from overlapscope.analyzers.report import TABLES, Report
 from overlapscope.analyzers.timeline import Timeline
 from overlapscope.app import render
-from overlapscope.app.dashboard.components.format import fmt_bytes, title_of
+from overlapscope.app.dashboard.components.format import fmt_bytes, fmt_value, title_of
 
 #: Colours of interval kinds, pipeline ops, warp states and link classes.
 KIND_COLORS = {
@@ -451,6 +451,55 @@ def ring_occupancy(report: Report) -> dict[str, Any]:
         title={"text": "Ring buffers: time full and time empty", "x": 0, "font": {"size": 14}},
         yaxis={"tickformat": ".0%", "title": {"text": "fraction of the ring's window"}},
         margin={"l": 70, "r": 20, "t": 70, "b": 60})}
+
+
+# ------------------------------------------------------------------ compare
+
+#: Bar colours of a change: in the metric's better direction, its worse one, or neither.
+CHANGE_COLORS = {"better": "#54A24B", "worse": "#E45756", "neutral": "#9D9D9D"}
+
+
+def change_tone(delta: float | None, better: str) -> str:
+    """better / worse / neutral for a metric's delta (``better``: higher, lower, neutral)."""
+    if not delta or better == "neutral":
+        return "neutral"
+    return "better" if (delta > 0) == (better == "higher") else "worse"
+
+
+def compare_changes(df: pl.DataFrame, metrics: list[Any]) -> dict[str, Any]:
+    """Relative change of every headline metric against the baseline, one bar group per
+    metric and one bar per compared run (``df``: ``compare(..., by="run")``)."""
+    base = df.filter(pl.col("is_baseline"))
+    others = df.filter(~pl.col("is_baseline"))
+    shown = [m for m in metrics if f"{m.name}_rel" in df.columns
+             and others[f"{m.name}_rel"].null_count() < others.height]
+    if others.is_empty() or not shown:
+        return empty_figure("No metric can be compared in relative terms.")
+    y = [render.label(m.name) for m in shown]
+    data = []
+    for row in others.iter_rows(named=True):
+        rel = [row[f"{m.name}_rel"] for m in shown]
+        tones = [change_tone(row[f"{m.name}_delta"], m.better) for m in shown]
+        data.append({
+            "type": "bar", "orientation": "h", "name": row["run"], "y": y,
+            "x": [None if r is None else 100 * r for r in rel],
+            "marker": {"color": [CHANGE_COLORS[t] for t in tones],
+                       "line": {"color": "#333333", "width": 0.5}},
+            "hovertext": [
+                f"{row['run']}<br>{render.label(m.name)}: {fmt_value(row[m.name], m.unit)}"
+                f" (baseline {fmt_value(base[m.name][0] if base.height else None, m.unit)})"
+                for m in shown],
+            "hovertemplate": "%{hovertext}<br>%{x:+.1f} %<extra></extra>",
+        })
+    base_label = base["run"][0] if base.height else "the baseline"
+    return {"data": data, "layout": _layout(
+        barmode="group", height=max(240, 22 * len(y) * len(data) + 120), showlegend=len(data) > 1,
+        title={"text": f"Change against {base_label} (%; green better, red worse)", "x": 0,
+               "font": {"size": 14}},
+        xaxis={"title": {"text": "relative change, %"}, "zeroline": True,
+               "zerolinecolor": "#333333", "ticksuffix": " %"},
+        yaxis={"autorange": "reversed", "automargin": True},
+        margin={"l": 20, "r": 20, "t": 70, "b": 50})}
 
 
 def figure_title(name: str) -> str:

@@ -1,24 +1,29 @@
-"""Compare: two or more runs side by side, headline metrics with deltas against a
-baseline (from ``overlapscope.analyzers.compare.compare``)."""
+"""Compare: two or more runs against a baseline: a chart of every headline metric's
+relative change, the values with their deltas, and what changed among kernels and
+annotations (``overlapscope.analyzers.compare``: ``compare`` and ``diff_kernels``, the
+functions behind ``overlapscope compare``)."""
 
 from __future__ import annotations
 
-from inspect import signature
 from typing import Any
 
 import polars as pl
 from dash import Dash, Input, Output, dcc, html
 
+from overlapscope.analyzers.compare import compare, diff_kernels
 from overlapscope.analyzers.report import METRICS
 from overlapscope.app.dashboard.components.common import section
+from overlapscope.app.dashboard.components.figures import (
+    GRAPH_CONFIG,
+    change_tone,
+    compare_changes,
+)
 from overlapscope.app.dashboard.components.format import fmt_value
 from overlapscope.app.dashboard.components.tables import message, metric_label
 from overlapscope.app.dashboard.state import DashboardState
 
-try:
-    from overlapscope.analyzers.compare import compare
-except ImportError:  # the compare library function has not landed yet
-    compare = None
+#: Rows of the kernel / annotation changes shown per compared run (largest first).
+DIFF_ROWS = 15
 
 PATH = "/compare"
 NAME = "Compare"
@@ -38,20 +43,6 @@ def layout(state: DashboardState, **_query: Any) -> html.Div:
         ], className="controls"),
         html.Div(id="cmp-body"),
     ])
-
-
-def _side_by_side(entries: list[Any]) -> html.Div:
-    heads = [html.Th("metric")] + [html.Th(e.label) for e in entries]
-    rows = []
-    values = [e.result.report.headline() for e in entries]
-    for m in METRICS.values():
-        vals = [v.get(m.name) for v in values]
-        if all(x is None for x in vals):
-            continue
-        rows.append(html.Tr([html.Th(metric_label(m.name), title=m.meaning)]
-                            + [html.Td(fmt_value(x, m.unit), className="num") for x in vals]))
-    return html.Div(html.Table([html.Thead(html.Tr(heads)), html.Tbody(rows)],
-                               className="data"), className="table-wrap")
 
 
 def _delta_text(delta: Any, rel: Any, unit: str) -> str:
@@ -78,10 +69,8 @@ def _deltas_table(df: pl.DataFrame) -> html.Div:
         cells = [html.Th(metric_label(m.name), title=m.meaning)]
         for i, r in enumerate(runs):
             delta, rel = r.get(f"{m.name}_delta"), r.get(f"{m.name}_rel")
-            tone = ""
-            if not r.get("is_baseline") and delta and m.better != "neutral":
-                good = (delta > 0) == (m.better == "higher")
-                tone = "better" if good else "worse"
+            tone = "" if r.get("is_baseline") else change_tone(delta, m.better)
+            tone = "" if tone == "neutral" else tone
             text = fmt_value(r.get(m.name), m.unit)
             if not r.get("is_baseline"):
                 text += _delta_text(delta, rel, m.unit)
@@ -90,6 +79,44 @@ def _deltas_table(df: pl.DataFrame) -> html.Div:
         rows.append(html.Tr(cells))
     return html.Div(html.Table([html.Thead(head), html.Tbody(rows)], className="data"),
                     className="table-wrap", id="cmp-table")
+
+
+def _ms(v: Any) -> str:
+    return "" if v is None else f"{v:,.3f}"
+
+
+def _diff_table(diff: pl.DataFrame, k: int) -> html.Div:
+    """Kernels and annotations that appeared, disappeared, got slower or faster."""
+    moved = diff.filter(pl.col("status") != "same")
+    if moved.is_empty():
+        return message("No kernel or annotation appeared, disappeared or moved by more "
+                       "than the threshold.", "info", id=f"cmp-diff-{k}")
+    head = html.Tr([html.Th(h) for h in ("kind", "name", "status", "matched by")]
+                   + [html.Th(h, className="num") for h in
+                      ("baseline ms", "ms", "delta ms", "change %")])
+    body = []
+    for r in moved.head(DIFF_ROWS).iter_rows(named=True):
+        tone = {"slower": "worse", "faster": "better"}.get(r["status"], "")
+        rel = r.get("rel")
+        body.append(html.Tr([
+            html.Td(r["kind"]), html.Td(r["name"], className="name"),
+            html.Td(r["status"], className=tone or None), html.Td(r.get("matched_by") or ""),
+            html.Td(_ms(r.get("base_ms")), className="num"),
+            html.Td(_ms(r.get("ms")), className="num"),
+            html.Td(_ms(r.get("delta_ms")), className=f"num {tone}".strip()),
+            html.Td("" if rel is None else f"{100 * rel:+.1f} %", className="num"),
+        ]))
+    parts: list[Any] = [
+        html.P("Times are ms per rank trace; matched by name, then by family (the name "
+               "before its template arguments).", className="table-meaning"),
+        html.Div(html.Table([html.Thead(head), html.Tbody(body)], className="data"),
+                 className="table-wrap", id=f"cmp-diff-{k}"),
+    ]
+    if moved.height > DIFF_ROWS:
+        parts.append(html.P(f"{moved.height - DIFF_ROWS} more rows not shown "
+                            "(overlapscope compare --format json lists them all).",
+                            className="table-more"))
+    return html.Div(parts)
 
 
 def register(app: Dash, state: DashboardState) -> None:
@@ -121,19 +148,21 @@ def register(app: Dash, state: DashboardState) -> None:
         entries = [state.runs[i] for i in (ids or []) if i in state.runs and state.runs[i].ready]
         if len(entries) < 2:
             return message("Pick two or more runs to compare.", "info", id="cmp-hint")
-        parts: list[Any] = [section("Headline metrics side by side", _side_by_side(entries))]
-        if compare is None:
-            parts.insert(0, message("compare is not available yet: the deltas appear here once "
-                                    "overlapscope.analyzers.compare lands.", "warn",
-                                    id="cmp-unavailable"))
-            return html.Div(parts)
         b = next((k for k, e in enumerate(entries) if e.id == base), 0)
+        reports = [e.result.report for e in entries]
         try:
-            kw = {"labels": [e.label for e in entries]} if "labels" in signature(
-                compare).parameters else {}
-            df = compare([e.result.report for e in entries], baseline=b, by="run", **kw)
+            df = compare(reports, baseline=b, by="run", labels=[e.label for e in entries])
         except Exception as exc:  # noqa: BLE001 - shown in the page, never a server crash
-            parts.append(message(f"compare failed: {type(exc).__name__}: {exc}", "error"))
-            return html.Div(parts)
-        return html.Div([section(f"Headline metrics, deltas against {entries[b].label}",
-                                 _deltas_table(df))])
+            return message(f"compare failed: {type(exc).__name__}: {exc}", "error")
+        label = entries[b].label
+        parts: list[Any] = [
+            section(f"Headline metrics against {label}",
+                    dcc.Graph(id="cmp-chart", figure=compare_changes(df, list(METRICS.values())),
+                              config=GRAPH_CONFIG),
+                    _deltas_table(df)),
+        ]
+        for k, e in enumerate(entries):
+            if k != b:
+                parts.append(section(f"What changed: {e.label} against {label}",
+                                     _diff_table(diff_kernels(reports[b], reports[k]), k)))
+        return html.Div(parts)
