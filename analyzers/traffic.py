@@ -22,7 +22,6 @@ fits in one node, otherwise "unknown".
 from __future__ import annotations
 
 import functools
-
 from typing import Any
 
 import polars as pl
