@@ -184,11 +184,19 @@ def _decode_file(path: Path) -> FileFrames:
         base_time_ns=base,
         overlapscope=trace.overlapscope or {},
         skipped_events=skipped,
+        # A bare event array has no header, so no process groups: known to be none.
+        pg_config=[] if _is_array(raw) else None,
         **built,
     )
 
 
+def _is_array(raw: bytes) -> bool:
+    return raw[:64].lstrip()[:1] == b"["
+
+
 def _decode_trace(path: Path, raw: bytes) -> tuple[FastKinetoTrace | KinetoTrace, int]:
+    if _is_array(raw):
+        return _decode_array(path, raw)
     try:
         trace = _DECODER.decode(raw)
     except msgspec.ValidationError:
@@ -200,6 +208,32 @@ def _decode_trace(path: Path, raw: bytes) -> tuple[FastKinetoTrace | KinetoTrace
     return trace, 0
 
 
+def _closed_array(raw: bytes) -> bytes:
+    """The Trace Event Format lets a JSON-array trace end without its ``]`` (a process
+    that died mid-trace still leaves a readable file): close it, dropping a dangling
+    comma. A complete array is returned as it is."""
+    try:
+        msgspec.json.decode(raw, type=msgspec.Raw)
+        return raw
+    except msgspec.DecodeError:
+        return raw.rstrip().rstrip(b",") + b"]"
+
+
+def _decode_array(path: Path, raw: bytes) -> tuple[FastKinetoTrace | KinetoTrace, int]:
+    """A trace in the Trace Event Format's *JSON Array Format* (a bare list of events,
+    as Chrome and PyTorch's legacy autograd profiler write): the events of a trace with
+    no header."""
+    raw = _closed_array(raw)
+    try:
+        return FastKinetoTrace(traceEvents=_EVENTS_DECODER.decode(raw)), 0
+    except msgspec.ValidationError:
+        return _decode_generic(path, b'{"traceEvents":' + raw + b"}", none_fit=(
+            "top level is a JSON list but none of its elements is a trace event object "
+            "(expected a list of events, or an object with 'traceEvents')"))
+    except msgspec.DecodeError as exc:
+        raise TraceError(path, f"not valid JSON ({_json_problem(exc)})") from None
+
+
 def _json_problem(exc: Exception) -> str:
     msg = str(exc)
     if "truncated" in msg:
@@ -207,8 +241,12 @@ def _json_problem(exc: Exception) -> str:
     return msg
 
 
-def _decode_generic(path: Path, raw: bytes) -> tuple[KinetoTrace, int]:
-    """Slow path: generic decode, then convert event by event, counting misfits."""
+def _decode_generic(
+    path: Path, raw: bytes,
+    none_fit: str = "no element of 'traceEvents' is a trace event object",
+) -> tuple[KinetoTrace, int]:
+    """Slow path: generic decode, then convert event by event, counting misfits.
+    ``none_fit``: the error when events exist but none is an event object."""
     try:
         top = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
@@ -231,7 +269,7 @@ def _decode_generic(path: Path, raw: bytes) -> tuple[KinetoTrace, int]:
         else:
             good.append(converted)
     if events and not good:
-        raise TraceError(path, "no element of 'traceEvents' is a trace event object")
+        raise TraceError(path, none_fit)
     rest = {k: v for k, v in top.items() if k != "traceEvents"}
     try:
         trace = msgspec.convert(rest, KinetoTrace, strict=False)
