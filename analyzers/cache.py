@@ -28,8 +28,9 @@ import polars as pl
 if TYPE_CHECKING:
     from overlapscope.analyzers.kineto.decode import FileFrames
 
-#: Bump when FileFrames or any frame schema changes: old entries are then ignored.
-CACHE_SCHEMA_VERSION = 3
+#: Bump when FileFrames or any frame schema changes, or when the decoder reads some
+#: file differently (4: begin/end pairs become intervals): old entries are then ignored.
+CACHE_SCHEMA_VERSION = 4
 _HASH_CHUNK = 8 << 20
 #: FileFrames' scalar fields stored beside its frames (``path`` is the reader's).
 META_FIELDS = (

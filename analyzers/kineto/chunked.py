@@ -42,7 +42,12 @@ import polars as pl
 
 from overlapscope.analyzers.kineto import decode as D
 from overlapscope.analyzers.kineto.columns import build_frame_parts, merge_parts
-from overlapscope.analyzers.kineto.schema import FastKinetoTrace, PgConfigHead, kept_events
+from overlapscope.analyzers.kineto.schema import (
+    FastKinetoTrace,
+    PgConfigHead,
+    has_begin_end,
+    kept_events,
+)
 from overlapscope.analyzers.kineto.timeconv import needs_text_path, us_to_ns
 
 #: Default batch size (bytes of JSON text).
@@ -259,6 +264,8 @@ def _decode_batch(text: memoryview, base: int) -> ChunkResult:
         all_events = D._EVENTS_DECODER.decode(text)
     except msgspec.MsgspecError as exc:
         raise Fallback from exc
+    if has_begin_end(all_events):  # pairs may span batches: the whole-file path pairs them
+        raise Fallback
     n_events = len(all_events)
     events = kept_events(all_events)
     del all_events

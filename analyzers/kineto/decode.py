@@ -22,12 +22,14 @@ import numpy as np
 import polars as pl
 
 from overlapscope.analyzers.errors import TraceError
+from overlapscope.analyzers.kineto.begin_end import pair_begin_end
 from overlapscope.analyzers.kineto.columns import build_frame_parts, merge_parts
 from overlapscope.analyzers.kineto.schema import (
     FastEvent,
     FastKinetoTrace,
     KinetoTrace,
     TraceEvent,
+    has_begin_end,
     kept_events,
 )
 from overlapscope.analyzers.kineto.timeconv import decimal_text_us_to_ns, needs_text_path, us_to_ns
@@ -154,13 +156,18 @@ def _decode_file(path: Path) -> FileFrames:
     n_events = len(all_events)
     if n_events == 0 and not skipped:
         raise TraceError(path, "'traceEvents' is empty: the profiler recorded nothing")
-    # Only intervals ("X") and counters ("C") carry what the analyzers read.
+    # Begin/end pairs (other tools' traces) become intervals; then only intervals ("X")
+    # and counters ("C") carry what the analyzers read.
+    paired = not isinstance(trace, FastKinetoTrace) or has_begin_end(all_events)
+    if paired:
+        all_events, unmatched = pair_begin_end(all_events)
+        skipped += unmatched
     if isinstance(trace, FastKinetoTrace):
         events = kept_events(all_events)
     else:
         events = [e for e in all_events if e.ph in KEPT_PHASES]
     del all_events
-    ts_ns, dur_ns, dur_missing, usable = _times_ns(raw, events)
+    ts_ns, dur_ns, dur_missing, usable = _times_ns(raw, events, from_text=not paired)
     if not usable.all():
         # Absurd or negative times: drop the event, count it (meta skipped_events).
         skipped += int((~usable).sum())
@@ -370,9 +377,12 @@ def text_times(
 
 
 def _times_ns(
-    raw: bytes, events: list[Any]
+    raw: bytes, events: list[Any], *, from_text: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(ts_ns, dur_ns, dur_missing, usable) of every event, times relative to the base.
+
+    ``from_text`` False: never re-read exact times from the JSON text (events that are
+    not the text's own "X"/"C" entries one for one, e.g. paired begin/end events).
 
     ``dur`` null counts as 0 and is flagged in ``dur_missing``. ``usable`` is False
     for an event whose ts or dur is not finite, whose |ts| exceeds MAX_TS_US, or
@@ -380,7 +390,7 @@ def _times_ns(
     caller drops it.
     """
     ts_np, dur_np, dur_missing, usable = float_times(events)
-    if not needs_text_path(ts_np) and not needs_text_path(dur_np):
+    if not from_text or (not needs_text_path(ts_np) and not needs_text_path(dur_np)):
         return us_to_ns(ts_np), us_to_ns(dur_np), dur_missing, usable
     # Epoch-scale microseconds: float64 lost the nanoseconds, read them from the text.
     try:

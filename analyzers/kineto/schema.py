@@ -141,17 +141,36 @@ class CounterEvent(_TaggedEvent, tag="C"):
     ph: ClassVar[str] = "C"
 
 
+class BeginEvent(_TaggedEvent, tag="B"):
+    """``ph: "B"``: the start of a duration event (paired with its "E" into an interval)."""
+
+    ph: ClassVar[str] = "B"
+
+
+class EndEvent(_TaggedEvent, tag="E"):
+    """``ph: "E"``: the end of the innermost open duration event of its thread."""
+
+    ph: ClassVar[str] = "E"
+
+
 SKIPPED_PHASES = (
-    "B", "E", "i", "I", "s", "t", "f", "M", "b", "n", "e", "P", "O", "N", "D", "S", "T",
+    "i", "I", "s", "t", "f", "M", "b", "n", "e", "P", "O", "N", "D", "S", "T",
     "p", "F", "R", "c", "(", ")",
 )
 _SKIP_TYPES = tuple(
     msgspec.defstruct(f"Skipped{i}", [], tag=p, tag_field="ph", gc=False)
     for i, p in enumerate(SKIPPED_PHASES)
 )
-FastEvent = Union[CompleteEvent, CounterEvent, *_SKIP_TYPES]  # noqa: UP007
+FastEvent = Union[CompleteEvent, CounterEvent, BeginEvent, EndEvent, *_SKIP_TYPES]  # noqa: UP007
 KEPT_EVENT_TYPES = (CompleteEvent, CounterEvent)
 _IS_KEPT_TYPE = frozenset(KEPT_EVENT_TYPES).__contains__
+_IS_BEGIN_END_TYPE = frozenset((BeginEvent, EndEvent)).__contains__
+
+
+def has_begin_end(events: list[Any]) -> bool:
+    """True when fast-path events hold a duration event ("B"/"E"): Kineto writes none,
+    traces of other tools may (C-level scan)."""
+    return any(map(_IS_BEGIN_END_TYPE, map(type, events)))
 
 
 def kept_events(events: list[Any]) -> list[Any]:
