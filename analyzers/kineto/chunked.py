@@ -153,6 +153,8 @@ class Layout:
 def find_layout(src: _Source) -> Layout:
     """Locate the events array and decode the header around it; Fallback if unsure."""
     head = bytes(src.read(0, HEAD_LIMIT))
+    if head[:64].lstrip()[:1] == b"[":
+        return _array_layout(src, head)
     m = _EVENTS_KEY.search(head)
     if m is None:
         raise Fallback
@@ -176,6 +178,23 @@ def find_layout(src: _Source) -> Layout:
         if _ends_with_events(tail, max(0, start - tail_from), pos):
             return Layout(start, tail_from + pos, header, text)
     raise Fallback
+
+
+def _array_layout(src: _Source, head: bytes) -> Layout:
+    """A bare event array (the Trace Event Format's JSON Array Format): the events lie
+    between the first ``[`` and the closing ``]``, or the end of the text when the
+    array was left open (allowed by the format; a dangling comma is left out). There is
+    no header. The batches' decoding proves the text between is whole events."""
+    start = head.index(b"[") + 1
+    tail_from = max(start, src.size - 4096)
+    tail = bytes(src.read(tail_from, src.size)).rstrip()
+    if tail.endswith(b"]"):
+        end = tail_from + len(tail) - 1
+    else:
+        end = tail_from + len(tail.rstrip(b",").rstrip())
+    if end <= start:
+        raise Fallback  # empty: the whole-file path words the error
+    return Layout(start, end, FastKinetoTrace(), b"{}")
 
 
 def _ends_with_events(tail: bytes, lo: int, pos: int) -> bool:

@@ -394,6 +394,38 @@ def odd_deepseek_excerpt() -> dict:
     return b.doc()
 
 
+def odd_chrome_array() -> list:
+    """Chrome's JSON Array Format: a bare list of events, GEMM s7 [0,10] and NCCL s13
+    [5,20], host op [0,2]; written left open (no closing bracket, a dangling comma)."""
+    b = Builder(t0_ns=5_000_000_000_000)
+    b.cpu_op("aten::mm", 0, 2_000)
+    b.gpu(GEMM, 7, 0, 10_000)
+    b.gpu(NCCL, 13, 5_000, 20_000)
+    return b.events
+
+
+def odd_begin_end() -> dict:
+    """Duration events ("B"/"E") instead of "X": the NCCL kernel s13 [5,20] and host ops
+    outer [0,30] > inner [2,4] on one thread, written out of time order; a stray "E"."""
+    b = Builder(t0_ns=5_000_000_000_000)
+    b.gpu(GEMM, 7, 0, 10_000)
+
+    def mark(ph: str, t: int, tid: Any, pid: Any = b.pid, **extra: Any) -> dict:
+        return {"ph": ph, "pid": pid, "tid": tid, "ts": us(b.t0 + t), **extra}
+
+    b.events += [
+        mark("E", 30_000, b.main),
+        mark("B", 0, b.main, cat="cpu_op", name="outer", args={"External id": 7}),
+        mark("B", 2_000, b.main, cat="cpu_op", name="inner"),
+        mark("E", 4_000, b.main),
+        mark("B", 5_000, 13, pid=0, cat="kernel", name=NCCL,
+             args={"device": 0, "stream": 13}),
+        mark("E", 20_000, 13, pid=0),
+        mark("E", 25_000, 99),  # nothing open on thread 99
+    ]
+    return b.doc()
+
+
 def make_odd() -> None:
     files = {
         "string_pids.json": odd_string_pids(),
@@ -409,9 +441,13 @@ def make_odd() -> None:
         "amd_rocm.json": odd_amd_rocm(),
         "cpu_only.json": odd_cpu_only(),
         "two_gpus.json": odd_two_gpus(),
+        "begin_end.json": odd_begin_end(),
     }
     for name, doc in files.items():
         write(ODD / name, encode_lines(doc))
+    events = odd_chrome_array()
+    write(ODD / "chrome_array_open.json",
+          b"[\n" + b"".join(encode(ev) + b",\n" for ev in events))
     # One gzip'd member of the corpus, so the odd tier also covers .json.gz.
     write(ODD / "deepseek_excerpt.json.gz", gz(encode(odd_deepseek_excerpt())))
 
@@ -422,6 +458,8 @@ def main() -> None:
     # Sanity: every odd file is valid JSON for the standard library too.
     for p in sorted(ODD.iterdir()):
         raw = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
+        if p.name.endswith("_open.json"):  # the array format lets the "]" be left out
+            raw = raw.rstrip().rstrip(b",") + b"]"
         json.loads(raw)
 
 

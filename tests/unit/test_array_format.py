@@ -11,6 +11,7 @@ import pytest
 from test_parallel_decode import assert_same
 
 from overlapscope.analyzers.errors import TraceError
+from overlapscope.analyzers.kineto import chunked
 from overlapscope.analyzers.kineto.decode import decode_file
 from overlapscope.analyzers.load import load_run
 
@@ -48,6 +49,10 @@ def test_array_equals_object(tmp_path: Path, source: Path, closed: bool) -> None
     a, b = decode_file(obj), decode_file(arr)
     assert a.activities.height + a.cpu_ops.height > 0
     assert_same(("ok", a), ("ok", b), arr)
+    # batched, in pieces of ~1/5 of the text (memory stays bounded on huge arrays)
+    cut = chunked.decode_chunked(arr, chunk_bytes=max(256, len(text) // 5))
+    assert_same(("ok", a), ("ok", cut), arr)
+    assert_same(("ok", a), ("ok", decode_file(arr, workers=2, chunk_bytes=256)), arr)
 
 
 def test_misfit_event_takes_the_generic_path_in_both(tmp_path: Path) -> None:

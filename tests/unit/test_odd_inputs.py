@@ -54,9 +54,32 @@ def test_every_odd_file_is_covered() -> None:
         "epoch_ns.json", "display_ns.json", "string_ts.json", "string_ts_epoch.json",
         "one_bad_event.json",
         "unknown_ph_cat.json", "amd_rocm.json", "cpu_only.json", "two_gpus.json",
-        "deepseek_excerpt.json.gz",
+        "deepseek_excerpt.json.gz", "chrome_array_open.json", "begin_end.json",
     }
     assert {p.name for p in ODD.iterdir()} == tested
+
+
+def test_chrome_array_left_open() -> None:
+    # A bare event array without its "]": GEMM s7 [0, 10], NCCL s13 [5, 20], host op [0, 2].
+    f = load("chrome_array_open.json")
+    assert f.activities.height == 2 and f.cpu_ops["name"].to_list() == ["aten::mm"]
+    assert_summary(summary(f)[(0, 0)], span=20_000, compute=10_000, comm=15_000,
+                   overlap=5_000, idle=0)
+
+
+def test_begin_end_pairs() -> None:
+    # GEMM s7 [0, 10] as "X"; NCCL s13 [5, 20] as "B"/"E"; on the main thread outer
+    # [0, 30] holds inner [2, 4] (its "E" is written first); a stray "E" on thread 99.
+    f = load("begin_end.json")
+    acts = f.activities.sort("ts_ns")
+    assert acts["dur_ns"].to_list() == [10_000, 15_000]
+    ops = {r["name"]: r for r in f.cpu_ops.iter_rows(named=True)}
+    assert ops["outer"]["dur_ns"] == 30_000 and ops["outer"]["external_id"] == 7
+    assert ops["inner"]["dur_ns"] == 2_000
+    assert ops["inner"]["ts_ns"] - ops["outer"]["ts_ns"] == 2_000
+    assert f.meta["skipped_events"] == 1
+    assert_summary(summary(f)[(0, 0)], span=20_000, compute=10_000, comm=15_000,
+                   overlap=5_000, idle=0)
 
 
 def test_string_pids_and_tids() -> None:
