@@ -155,7 +155,7 @@ class EndEvent(_TaggedEvent, tag="E"):
 
 SKIPPED_PHASES = (
     "i", "I", "s", "t", "f", "M", "b", "n", "e", "P", "O", "N", "D", "S", "T",
-    "p", "F", "R", "c", "(", ")",
+    "p", "F", "R", "c", "(", ")", "V", "v",
 )
 _SKIP_TYPES = tuple(
     msgspec.defstruct(f"Skipped{i}", [], tag=p, tag_field="ph", gc=False)

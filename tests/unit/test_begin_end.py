@@ -111,3 +111,22 @@ def test_overlap_of_kernels_written_as_begin_end(tmp_path: Path) -> None:
     assert m["span_ms"] == pytest.approx(0.120)
     acts = load_run(path, cache=False).activities
     assert acts.select(pl.col("dur_ns").sum()).item() == 150_000
+
+
+def test_memory_dump_events_stay_on_the_fast_path(tmp_path: Path) -> None:
+    # "V"/"v" (memory dumps, e.g. in MosaicML Composer's traces) carry nothing the
+    # analyzers read: the typed batched decoder skips them instead of handing the
+    # whole file to the slow generic path, with the same frames.
+    from overlapscope.analyzers.kineto import chunked
+
+    trace = json.loads(gzip.decompress(HANDMADE.read_bytes()))
+    dumps = [{"ph": ph, "name": "periodic_interval", "pid": 1, "tid": 1, "ts": 5038693760001,
+              "args": {"dumps": {"allocators": {}}}} for ph in ("V", "v")]
+    plain = _write(tmp_path / "plain.json", trace)
+    with_dumps = _write(tmp_path / "dumps.json",
+                        {**trace, "traceEvents": dumps + trace["traceEvents"]})
+    a = decode_file(plain)
+    b = chunked.decode_chunked(with_dumps)  # raises Fallback if the fast decoder refused
+    assert b.n_events == a.n_events + 2
+    b.n_events = a.n_events
+    assert_same(("ok", a), ("ok", b), with_dumps)
