@@ -32,10 +32,12 @@ here) and Ray (its object store) pass the frames as before.
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing
 import os
 import shutil
 import tempfile
+import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
@@ -127,8 +129,10 @@ def analyze_run(
     cache: bool = True,
     keep_frames: bool = False,
     decoder: Callable[[list[Path], bool], Iterable[FileFrames]] | None = None,
+    file_progress: Callable[[Path, int, int], None] | None = None,
 ) -> RunResult | TraceError:
-    """Load and analyze one run; a bad input comes back as a TraceError, not raised."""
+    """Load and analyze one run; a bad input comes back as a TraceError, not raised.
+    ``file_progress(file, i, n)`` is called before each of its n files is decoded."""
     # --- Report cache (issue 13): unchanged inputs, rules, options and version reopen
     # the stored Report (analyzers/report_cache.py) instead of analyzing again.
     key = report_cache.report_key(path, options) if cache else None
@@ -138,7 +142,8 @@ def analyze_run(
         frames = None
         if cached is None or keep_frames:
             frames = load_run(
-                path, cache=cache, gpus_per_node=options.gpus_per_node, decoder=decoder
+                path, cache=cache, gpus_per_node=options.gpus_per_node, decoder=decoder,
+                progress=file_progress,
             )
         report = cached if cached is not None else build_report(frames, options)
     except TraceError as exc:
@@ -157,10 +162,65 @@ Finish = Callable[[RunResult | TraceError, ReportOptions], Any]
 RunArgs = tuple[str, ReportOptions, bool, bool, Finish | None]
 
 
-def _analyze_task(args: RunArgs) -> Any:
+#: In a pool worker: where it reports each file it starts decoding (set by the pool's
+#: initializer, :func:`_report_files_to`), so that whole runs show per-file progress.
+_FILES_STARTED: Any = None
+
+
+def _report_files_to(queue: Any) -> None:
+    global _FILES_STARTED  # noqa: PLW0603 - one per worker process, set once at its start
+    _FILES_STARTED = queue
+
+
+def _analyze_task(args: RunArgs, file_progress: Callable[[Path, int, int], None] | None = None
+                  ) -> Any:
     path, options, cache, keep, finish = args
-    out = analyze_run(path, options, cache=cache, keep_frames=keep)
+    if file_progress is None and _FILES_STARTED is not None:
+        queue = _FILES_STARTED
+
+        def file_progress(file: Path, _i: int, _n: int) -> None:
+            queue.put(str(file))
+
+    out = analyze_run(path, options, cache=cache, keep_frames=keep,
+                      file_progress=file_progress)
     return finish(out, options) if finish is not None else out
+
+
+class _FileCount:
+    """Files started across several runs analyzed whole: one "decode" Progress each,
+    numbered over all the runs' files (from any thread)."""
+
+    def __init__(self, paths: list[Path], progress: ProgressFn | None) -> None:
+        self.progress = progress
+        self.total = sum(_n_files(p) for p in paths) if progress else 0
+        self.done = 0
+        self._lock = threading.Lock()
+
+    def started(self, file: Path | str, _i: int = 0, _n: int = 0) -> None:
+        if self.progress is None:
+            return
+        with self._lock:
+            self.done = min(self.done + 1, self.total)
+            done = self.done
+        self.progress(Progress("decode", str(file), done, self.total))
+
+    def drain(self, queue: Any) -> threading.Thread:
+        """A thread reporting what pool workers put on ``queue`` until it gets None."""
+
+        def run() -> None:
+            while (item := queue.get()) is not None:
+                self.started(item)
+
+        t = threading.Thread(target=run, daemon=True, name="overlapscope-file-progress")
+        t.start()
+        return t
+
+
+def _n_files(path: Path) -> int:
+    try:
+        return len(run_files(path))
+    except TraceError:
+        return 1
 
 
 def _analyze_decoded(args: RunArgs, *decoded: FramesRef | FileFrames | TraceError) -> Any:
@@ -308,11 +368,22 @@ class _LocalPool:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._pool: Executor | None = None
+        #: A queue the workers report decoded files on (whole runs), made on request.
+        self.files_started: Any = None
+
+    def report_files(self) -> Any:
+        """The queue workers put each file they start on; call before the pool starts."""
+        if self.files_started is None:
+            self.files_started = multiprocessing.get_context("spawn").Queue()
+        return self.files_started
 
     def executor(self) -> Executor:
         if self._pool is None:
             ctx = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
+            extra: dict[str, Any] = {}
+            if self.files_started is not None:
+                extra = {"initializer": _report_files_to, "initargs": (self.files_started,)}
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, **extra)
         return self._pool
 
     def map(self, fn: Callable[[Any], Any], items: list[Any]) -> Iterator[Any]:
@@ -457,6 +528,7 @@ def map_runs(
         n_workers = pool.workers
     outcomes: Iterable[Any] = []
     spill_root: Path | None = None  # the local pool's handoff files of several runs
+    drain: threading.Thread | None = None  # reports whole runs' files as workers start them
     try:
         if engine == "ray":  # every run file by file, as Ray tasks
             from overlapscope.analyzers.batch_ray import ray_runs
@@ -468,10 +540,14 @@ def map_runs(
             outcomes = [finish(one, options) if finish is not None else one]
         elif n_workers <= 1:  # several runs, one after another in this process
             tasks: list[RunArgs] = [(str(p), options, cache, keep_frames, finish) for p in paths]
-            outcomes = map(_analyze_task, tasks)
+            count = _FileCount(paths, progress)
+            outcomes = map(functools.partial(_analyze_task, file_progress=count.started), tasks)
         elif whole_runs_balance([_size(p) for p in paths], n_workers):
-            # several runs, each whole on one worker: no handoff at all
+            # several runs, each whole on one worker: no handoff at all; the workers
+            # report the files they start, for a progress bar that moves by file
             tasks = [(str(p), options, cache, keep_frames, finish) for p in paths]
+            if progress is not None:
+                drain = _FileCount(paths, progress).drain(pool.report_files())
             outcomes = pool.executor().map(_analyze_task, tasks)
         else:  # several runs, file by file across the pool, frames handed over on disk
             with contextlib.suppress(OSError):  # no temp dir: frames come back as before
@@ -489,6 +565,9 @@ def map_runs(
                 progress(Progress("analyze", str(paths[i]), i + 1, len(paths)))
     finally:
         _shut_down(outcomes, pool, spill_root)
+        if drain is not None:  # after the pool: no worker reports any more
+            pool.files_started.put(None)
+            drain.join(timeout=5)
     return done, errors
 
 

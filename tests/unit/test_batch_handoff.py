@@ -235,16 +235,42 @@ def test_whole_runs_balance_by_size() -> None:
 
 
 @pytest.mark.slow
-def test_equal_runs_go_whole_to_workers_and_equal_serial(tmp_root: Path, tmp_path: Path) -> None:
+def test_equal_runs_go_whole_to_workers_and_equal_serial(
+    tmp_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     runs = []
     for name in ("a", "b"):
         shutil.copytree(S / "cpu" / "dualpipe", tmp_path / name)
         runs.append(tmp_path / name)
-    stages: list[str] = []
-    pooled = analyze(runs, workers=2, cache=False, progress=lambda p: stages.append(p.stage))
+
+    def no_file_tasks(*_a: Any, **_k: Any) -> None:
+        raise AssertionError("runs were split into per-file tasks")
+
+    with monkeypatch.context() as m:
+        m.setattr(batch, "_jobs", no_file_tasks)  # the file-by-file engine plans with it
+        pooled = analyze(runs, workers=2, cache=False)
     serial = analyze(runs, workers=1, cache=False)
-    assert stages == ["analyze", "analyze"]  # no per-file tasks: nothing was handed over
-    assert list(tmp_root.iterdir()) == []
+    assert list(tmp_root.iterdir()) == []  # nothing was handed over
     for x, y in zip(pooled.reports, serial.reports, strict=True):
         assert x.facts == y.facts and sorted(x.tables) == sorted(y.tables)
         assert all(df.equals(y.tables[n], null_equal=True) for n, df in x.tables.items())
+
+
+@pytest.mark.slow
+def test_whole_runs_report_progress_file_by_file(tmp_path: Path) -> None:
+    # Two equal runs of 8 rank files: with 2 workers each run goes whole to one worker;
+    # the bar still moves once per file, numbered over all 16, as it does in one process.
+    copy = tmp_path / "copy"
+    shutil.copytree(S / "cpu" / "dualpipe", copy)
+    paths = [S / "cpu" / "dualpipe", copy]
+    assert batch.whole_runs_balance([batch._size(p) for p in paths], 2)
+    for workers in (2, 1):
+        seen: list[batch.Progress] = []
+        result = analyze(paths, workers=workers, cache=False, progress=seen.append)
+        assert not result.errors and len(result.reports) == 2
+        decodes = [p for p in seen if p.stage == "decode"]
+        assert [p.done for p in decodes] == list(range(1, 17)), workers
+        assert {p.total for p in decodes} == {16}
+        assert sorted(Path(p.path).name for p in decodes) == sorted(
+            f.name for f in list((S / "cpu" / "dualpipe").glob("rank-*")) * 2)
+        assert [p.done for p in seen if p.stage == "analyze"] == [1, 2]
