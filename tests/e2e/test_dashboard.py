@@ -184,8 +184,9 @@ def test_switch_runs_and_ranks(dash_duo, dash_state, artifacts) -> None:
     _goto(dash_duo, "compare")
     _pick(dash_duo, "#cmp-runs", "cpu/dualpipe")
     _pick(dash_duo, "#cmp-runs", "cpu/1f1b")
-    dash_duo.wait_for_element("#cmp-table", timeout=20)
-    dash_duo.wait_for_element("#cmp-chart .bars path", timeout=20)  # the change chart drew bars
+    # generous waits: a loaded machine (CI next to other jobs) once took over 20 s here
+    dash_duo.wait_for_element("#cmp-table", timeout=60)
+    dash_duo.wait_for_element("#cmp-chart .bars path", timeout=30)  # the chart drew bars
     dash_duo.find_element("h2").click()  # close the menu
     time.sleep(0.3)
     _shot(dash_duo, artifacts, "compare")
