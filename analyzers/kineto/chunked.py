@@ -153,7 +153,7 @@ class Layout:
 def find_layout(src: _Source) -> Layout:
     """Locate the events array and decode the header around it; Fallback if unsure."""
     head = bytes(src.read(0, HEAD_LIMIT))
-    if head[:64].lstrip()[:1] == b"[":
+    if D.is_array(head):
         return _array_layout(src, head)
     m = _EVENTS_KEY.search(head)
     if m is None:

@@ -192,17 +192,18 @@ def _decode_file(path: Path) -> FileFrames:
         overlapscope=trace.overlapscope or {},
         skipped_events=skipped,
         # A bare event array has no header, so no process groups: known to be none.
-        pg_config=[] if _is_array(raw) else None,
+        pg_config=[] if is_array(raw) else None,
         **built,
     )
 
 
-def _is_array(raw: bytes) -> bool:
+def is_array(raw: bytes) -> bool:
+    """True when the JSON text is a bare event array (not an object with traceEvents)."""
     return raw[:64].lstrip()[:1] == b"["
 
 
 def _decode_trace(path: Path, raw: bytes) -> tuple[FastKinetoTrace | KinetoTrace, int]:
-    if _is_array(raw):
+    if is_array(raw):
         return _decode_array(path, raw)
     try:
         trace = _DECODER.decode(raw)
@@ -218,12 +219,12 @@ def _decode_trace(path: Path, raw: bytes) -> tuple[FastKinetoTrace | KinetoTrace
 def _closed_array(raw: bytes) -> bytes:
     """The Trace Event Format lets a JSON-array trace end without its ``]`` (a process
     that died mid-trace still leaves a readable file): close it, dropping a dangling
-    comma. A complete array is returned as it is."""
-    try:
-        msgspec.json.decode(raw, type=msgspec.Raw)
+    comma. A complete array is returned as it is (an event always ends with ``}``, so a
+    text ending with ``]`` is closed, or broken, which the decode then says)."""
+    body = raw.rstrip()
+    if body.endswith(b"]"):
         return raw
-    except msgspec.DecodeError:
-        return raw.rstrip().rstrip(b",") + b"]"
+    return body.rstrip(b",") + b"]"
 
 
 def _decode_array(path: Path, raw: bytes) -> tuple[FastKinetoTrace | KinetoTrace, int]:
